@@ -1,0 +1,162 @@
+/*
+ * config.h - the worker's configuration: one JSON file (comments allowed)
+ * plus environment variables, validated up front.
+ *
+ * Precedence, highest first: command-line flags (applied by main), the
+ * environment variables below, the JSON file, built-in defaults.
+ *
+ *   DATABRICKS_HOST          workspace.host   ("https://" added if no scheme;
+ *                                              "http://" only for loopback)
+ *   DATABRICKS_CLIENT_ID     workspace.client_id
+ *   DATABRICKS_CLIENT_SECRET workspace.client_secret
+ *   DATABRICKS_TOKEN         workspace.token  (static token instead of M2M)
+ *   LAKEBASE_ENDPOINT        workspace.endpoint
+ *   PGHOST PGPORT PGDATABASE PGUSER PGSSLMODE PGSSLROOTCERT PGAPPNAME
+ *                            postgres.{host,port,database,user,sslmode,
+ *                                      sslrootcert,application_name}
+ *
+ * Every problem is reported with the JSON path of the offending key
+ * ("routes[2].params.id.type") and a message; loading collects all problems
+ * rather than stopping at the first, so --check-config shows them all.
+ *
+ * Route definitions are compiled here: the path template is split into
+ * segments and the SQL's :name placeholders are rewritten to $n, so the
+ * router and the params module work on ready structures.
+ */
+#ifndef LB_CONFIG_H
+#define LB_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+enum auth_mode { AUTH_SERVICE_PRINCIPAL = 0, AUTH_ON_BEHALF_OF_USER };
+
+enum param_source { PARAM_IN_PATH = 0, PARAM_IN_QUERY, PARAM_IN_BODY };
+
+enum param_type {
+	PT_TEXT = 0, PT_INT, PT_BIGINT, PT_NUMERIC, PT_BOOL, PT_UUID,
+	PT_TIMESTAMPTZ, PT_JSON
+};
+
+enum result_shape { RESULT_ROWS = 0, RESULT_ONE, RESULT_NONE };
+
+struct param_def {
+	char *name;
+	enum param_source in;
+	enum param_type type;
+	bool required;
+	char *default_text;    /* default, already in the text form sent to PG; NULL if none */
+	bool has_min, has_max; /* int, bigint, numeric */
+	double min, max;
+	long max_length;       /* text and json: max characters (bytes for json); -1 = none */
+	int position;          /* 1-based $n in the compiled SQL */
+};
+
+/* A path template segment: a literal ("api") or a parameter ("{id}"). */
+struct path_segment {
+	char *literal;         /* NULL for a parameter segment */
+	int param;             /* index into route.params, or -1 for a literal */
+};
+
+struct route {
+	char *method;          /* upper case: GET, POST, PUT, PATCH, DELETE */
+	char *path;            /* the template as written */
+	struct path_segment *segments;
+	size_t nsegments;
+	enum auth_mode auth;
+	char *sql;             /* compiled: :name replaced by $n */
+	struct param_def *params;
+	size_t nparams;        /* params are ordered by position: params[i].position == i+1 */
+	enum result_shape result;
+	long max_rows;         /* rows: at most this many rows returned (default 10000) */
+	int statement_timeout_ms; /* 0 = server default */
+	char *cache_control;   /* SP routes only: optional Cache-Control value */
+};
+
+struct pool_settings {
+	int max;                 /* connections */
+	int connect_timeout_ms;
+	int idle_timeout_ms;     /* idle connection closed after */
+	int acquire_timeout_ms;  /* wait for a free connection before 503 */
+};
+
+struct lb_config {
+	/* server */
+	char *listen;            /* "127.0.0.1:9000" or "unix:/path"; NULL = fd 0 */
+	int threads;
+	char *log_level;
+	long max_body_bytes;
+	char *healthz_path;
+	char *readyz_path;
+
+	/* workspace (secrets: client_secret, token) */
+	char *databricks_host;   /* normalised: scheme://host[:port], no trailing slash */
+	char *client_id;
+	char *client_secret;
+	char *static_token;      /* NULL when client_id and client_secret are both
+				    set: OAuth M2M then wins and the token is dropped */
+	char *lakebase_endpoint;
+	int http_connect_timeout_ms;
+	int http_timeout_ms;
+
+	/* postgres */
+	char *pg_host;
+	int pg_port;
+	char *pg_database;
+	char *pg_user;           /* SP role; NULL: client id, else SCIM Me userName */
+	char *pg_sslmode;        /* default verify-full */
+	char *pg_sslrootcert;    /* NULL: system CA bundle */
+	char *pg_appname;
+
+	/* pools */
+	struct pool_settings sp_pool;
+	struct pool_settings user_pool;
+	int max_user_pools;
+	int max_connections;
+	int user_pool_remove_after_ms; /* empty user pool removed after this long unused */
+
+	/* identity */
+	char *email_header;      /* HTTP header name, e.g. X-Forwarded-Email */
+	char *token_header;
+	bool development_mode;
+
+	/* credentials */
+	int refresh_margin_ms;   /* refresh this long before expire_time (default 120000) */
+
+	struct route *routes;
+	size_t nroutes;
+};
+
+struct config_problem {
+	char *path;              /* JSON path, e.g. "routes[0].params.id.type"; "" for the file itself */
+	char *message;
+};
+
+struct config_problems {
+	struct config_problem *items;
+	size_t count;
+};
+
+/*
+ * Loads `file` (may be NULL: environment and defaults only) and the process
+ * environment through `getenv_fn` (pass NULL for getenv; tests pass their
+ * own). Returns a config, or NULL with `problems` filled. On success problems
+ * may still be empty. The caller frees both.
+ */
+typedef const char *(*config_getenv_fn)(const char *name);
+struct lb_config *config_load(const char *file, config_getenv_fn getenv_fn,
+			      struct config_problems *problems);
+/* The same from a string (unit tests); NULL: environment and defaults only. */
+struct lb_config *config_load_string(const char *json, config_getenv_fn getenv_fn,
+				     struct config_problems *problems);
+void config_free(struct lb_config *cfg);     /* wipes secrets */
+void config_problems_free(struct config_problems *problems);
+/* One line per problem: "<path>: <message>", or the message when path is "". */
+void config_print_problems(FILE *out, const struct config_problems *problems);
+
+/* Names used in config and messages. */
+const char *auth_mode_name(enum auth_mode mode);
+const char *param_type_name(enum param_type type);
+
+#endif

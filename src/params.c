@@ -1,0 +1,926 @@
+/*
+ * params.c - binds a route's parameters from the path, the query string and
+ * a JSON object body, and converts each to the text PostgreSQL parses for
+ * its type.
+ *
+ * Every value is validated here, strictly, so the database sees only
+ * well-formed input and the client gets a 400 naming the parameter instead
+ * of a database error. Values reach SQL only as bound parameters.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/types.h>
+
+#include <yajl/yajl_gen.h>
+#include <yajl/yajl_parse.h>
+#include <yajl/yajl_tree.h>
+
+#include "params.h"
+#include "router.h"     /* url_decode */
+
+/*
+ * Deepest nesting accepted in a request body. It bounds the recursion that
+ * frees and re-serialises the body tree, and stays below yajl_gen's own
+ * limit (128).
+ */
+#define BODY_MAX_DEPTH 64
+
+static int
+out_of_memory(struct lb_error *err)
+{
+	return lb_error_set(err, LB_ERR_INTERNAL, "Out of memory.", "params: allocation failed");
+}
+
+/* "Parameter 'name' <what>": the one shape of every parameter message. */
+static int
+invalid_param(struct lb_error *err, const struct param_def *def, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static int
+invalid_param(struct lb_error *err, const struct param_def *def, const char *fmt, ...)
+{
+	char what[200], message[sizeof(err->message)];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof(what), fmt, ap);
+	va_end(ap);
+	snprintf(message, sizeof(message), "Parameter '%s' %s", def->name, what);
+	return lb_error_set(err, LB_ERR_INVALID_PARAM, message, "invalid parameter %s", def->name);
+}
+
+static const char *
+type_expectation(enum param_type type)
+{
+	switch (type) {
+	case PT_TEXT:
+		return "must be a string.";
+	case PT_INT:
+	case PT_BIGINT:
+		return "must be an integer.";
+	case PT_NUMERIC:
+		return "must be a number.";
+	case PT_BOOL:
+		return "must be true or false.";
+	case PT_UUID:
+		return "must be a UUID.";
+	case PT_TIMESTAMPTZ:
+		return "must be an RFC 3339 timestamp.";
+	case PT_JSON:
+		return "must be valid JSON.";
+	}
+	return "has an unsupported type.";
+}
+
+static int
+wrong_type(struct lb_error *err, const struct param_def *def)
+{
+	return invalid_param(err, def, "%s", type_expectation(def->type));
+}
+
+/* Limits from the config are doubles; "1", "500", "0.5" read naturally. */
+static int
+below_min(struct lb_error *err, const struct param_def *def)
+{
+	return invalid_param(err, def, "must be at least %.15g.", def->min);
+}
+
+static int
+above_max(struct lb_error *err, const struct param_def *def)
+{
+	return invalid_param(err, def, "must be at most %.15g.", def->max);
+}
+
+static int
+check_min_max(double v, const struct param_def *def, struct lb_error *err)
+{
+	if (def->has_min && v < def->min)
+		return below_min(err, def);
+	if (def->has_max && v > def->max)
+		return above_max(err, def);
+	return 0;
+}
+
+/* ---- text conversions ---------------------------------------------------- */
+
+static bool
+is_digit(char c)
+{
+	return c >= '0' && c <= '9';
+}
+
+static bool
+is_hex(char c)
+{
+	return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+/* -?(0|[1-9][0-9]*): no '+', no spaces, no leading zeros. */
+static bool
+is_strict_integer(const char *s)
+{
+	if (*s == '-')
+		s++;
+	if (*s == '0')
+		return s[1] == '\0';
+	if (*s < '1' || *s > '9')
+		return false;
+	while (is_digit(*s))
+		s++;
+	return *s == '\0';
+}
+
+/* -?digits[.digits]([eE][+-]?digits)? */
+static bool
+is_numeric_text(const char *s)
+{
+	if (*s == '-')
+		s++;
+	if (!is_digit(*s))
+		return false;
+	while (is_digit(*s))
+		s++;
+	if (*s == '.') {
+		s++;
+		if (!is_digit(*s))
+			return false;
+		while (is_digit(*s))
+			s++;
+	}
+	if (*s == 'e' || *s == 'E') {
+		s++;
+		if (*s == '+' || *s == '-')
+			s++;
+		if (!is_digit(*s))
+			return false;
+		while (is_digit(*s))
+			s++;
+	}
+	return *s == '\0';
+}
+
+static char *
+convert_integer(const struct param_def *def, const char *text, struct lb_error *err)
+{
+	long long v;
+	char buf[32];
+	char *out;
+
+	if (!is_strict_integer(text)) {
+		wrong_type(err, def);
+		return NULL;
+	}
+	errno = 0;
+	v = strtoll(text, NULL, 10);
+	if (errno == ERANGE) {
+		if (text[0] == '-')
+			invalid_param(err, def, "must be at least %lld.", LLONG_MIN);
+		else
+			invalid_param(err, def, "must be at most %lld.", LLONG_MAX);
+		return NULL;
+	}
+	if (def->type == PT_INT && v < INT32_MIN) {
+		invalid_param(err, def, "must be at least %ld.", (long)INT32_MIN);
+		return NULL;
+	}
+	if (def->type == PT_INT && v > INT32_MAX) {
+		invalid_param(err, def, "must be at most %ld.", (long)INT32_MAX);
+		return NULL;
+	}
+	if (check_min_max((double)v, def, err) < 0)
+		return NULL;
+	snprintf(buf, sizeof(buf), "%lld", v);
+	out = strdup(buf);
+	if (out == NULL)
+		out_of_memory(err);
+	return out;
+}
+
+static char *
+convert_numeric(const struct param_def *def, const char *text, struct lb_error *err)
+{
+	char *out;
+
+	if (!is_numeric_text(text)) {
+		wrong_type(err, def);
+		return NULL;
+	}
+	/* strtod gives +-inf past double range, which still compares right. */
+	if ((def->has_min || def->has_max) && check_min_max(strtod(text, NULL), def, err) < 0)
+		return NULL;
+	out = strdup(text);
+	if (out == NULL)
+		out_of_memory(err);
+	return out;
+}
+
+static char *
+convert_bool(const struct param_def *def, const char *text, struct lb_error *err)
+{
+	const char *canonical;
+	char *out;
+
+	if (strcasecmp(text, "true") == 0)
+		canonical = "true";
+	else if (strcasecmp(text, "false") == 0)
+		canonical = "false";
+	else {
+		wrong_type(err, def);
+		return NULL;
+	}
+	out = strdup(canonical);
+	if (out == NULL)
+		out_of_memory(err);
+	return out;
+}
+
+/* 8-4-4-4-12 hex digits, returned in lower case. */
+static char *
+convert_uuid(const struct param_def *def, const char *text, struct lb_error *err)
+{
+	char *out;
+
+	if (strlen(text) != 36) {
+		wrong_type(err, def);
+		return NULL;
+	}
+	for (int i = 0; i < 36; i++) {
+		bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+
+		if (dash ? text[i] != '-' : !is_hex(text[i])) {
+			wrong_type(err, def);
+			return NULL;
+		}
+	}
+	out = strdup(text);
+	if (out == NULL) {
+		out_of_memory(err);
+		return NULL;
+	}
+	for (int i = 0; i < 36; i++)
+		if (out[i] >= 'A' && out[i] <= 'F')
+			out[i] = (char)(out[i] - 'A' + 'a');
+	return out;
+}
+
+/* Reads exactly n digits at *p into *val and advances *p. */
+static bool
+read_digits(const char **p, int n, int *val)
+{
+	int v = 0;
+
+	for (int i = 0; i < n; i++) {
+		if (!is_digit((*p)[i]))
+			return false;
+		v = v * 10 + ((*p)[i] - '0');
+	}
+	*p += n;
+	*val = v;
+	return true;
+}
+
+static bool
+expect_char(const char **p, char c)
+{
+	if (**p != c)
+		return false;
+	(*p)++;
+	return true;
+}
+
+static int
+days_in_month(int year, int month)
+{
+	static const int days[] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+	bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+
+	return month == 2 && leap ? 29 : days[month - 1];
+}
+
+/*
+ * RFC 3339 date-time: YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM). 'T' and
+ * 'Z' may be lower case (RFC 3339 5.6). Seconds may be 60 (leap second).
+ * Year 0000 is refused: PostgreSQL has no year zero.
+ */
+static bool
+is_rfc3339(const char *s)
+{
+	int year, month, day, hour, minute, second, oh, om;
+
+	if (!read_digits(&s, 4, &year) || !expect_char(&s, '-') ||
+	    !read_digits(&s, 2, &month) || !expect_char(&s, '-') ||
+	    !read_digits(&s, 2, &day))
+		return false;
+	if (*s != 'T' && *s != 't')
+		return false;
+	s++;
+	if (!read_digits(&s, 2, &hour) || !expect_char(&s, ':') ||
+	    !read_digits(&s, 2, &minute) || !expect_char(&s, ':') ||
+	    !read_digits(&s, 2, &second))
+		return false;
+	if (*s == '.') {
+		s++;
+		if (!is_digit(*s))
+			return false;
+		while (is_digit(*s))
+			s++;
+	}
+	if (*s == 'Z' || *s == 'z') {
+		s++;
+	} else if (*s == '+' || *s == '-') {
+		s++;
+		if (!read_digits(&s, 2, &oh) || !expect_char(&s, ':') ||
+		    !read_digits(&s, 2, &om) || oh > 23 || om > 59)
+			return false;
+	} else {
+		return false;
+	}
+	if (*s != '\0')
+		return false;
+	return year >= 1 && month >= 1 && month <= 12 && day >= 1 &&
+	    day <= days_in_month(year, month) && hour <= 23 && minute <= 59 && second <= 60;
+}
+
+static char *
+convert_timestamptz(const struct param_def *def, const char *text, struct lb_error *err)
+{
+	char *out;
+
+	if (!is_rfc3339(text)) {
+		wrong_type(err, def);
+		return NULL;
+	}
+	out = strdup(text);
+	if (out == NULL)
+		out_of_memory(err);
+	return out;
+}
+
+/*
+ * Length of the strict UTF-8 sequence starting s[0..len), len > 0: no
+ * overlong forms, no surrogates, nothing above U+10FFFF. 0 if invalid.
+ */
+static size_t
+utf8_sequence_len(const unsigned char *s, size_t len)
+{
+	unsigned char lo = 0x80, hi = 0xbf;
+	size_t n;
+
+	if (s[0] < 0x80)
+		return 1;
+	if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+		n = 2;
+	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+		n = 3;
+		lo = s[0] == 0xe0 ? 0xa0 : 0x80;
+		hi = s[0] == 0xed ? 0x9f : 0xbf;
+	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+		n = 4;
+		lo = s[0] == 0xf0 ? 0x90 : 0x80;
+		hi = s[0] == 0xf4 ? 0x8f : 0xbf;
+	} else {
+		return 0;
+	}
+	if (len < n || s[1] < lo || s[1] > hi)
+		return 0;
+	for (size_t k = 2; k < n; k++)
+		if (s[k] < 0x80 || s[k] > 0xbf)
+			return 0;
+	return n;
+}
+
+/* Code points in strict UTF-8 without NUL, or -1 if it is not that. */
+static long
+utf8_count(const unsigned char *s, size_t len)
+{
+	size_t i = 0, n;
+	long count = 0;
+
+	while (i < len) {
+		if (s[i] == 0 || (n = utf8_sequence_len(s + i, len - i)) == 0)
+			return -1;
+		i += n;
+		count++;
+	}
+	return count;
+}
+
+static char *
+convert_plain_text(const struct param_def *def, const char *text, struct lb_error *err)
+{
+	long chars = utf8_count((const unsigned char *)text, strlen(text));
+	char *out;
+
+	if (chars < 0) {
+		invalid_param(err, def, "must be valid UTF-8 text.");
+		return NULL;
+	}
+	if (def->max_length >= 0 && chars > def->max_length) {
+		invalid_param(err, def, "is longer than %ld characters.", def->max_length);
+		return NULL;
+	}
+	out = strdup(text);
+	if (out == NULL)
+		out_of_memory(err);
+	return out;
+}
+
+/* ---- JSON validation (yajl's parser, no tree) ---------------------------- */
+
+struct json_check {
+	size_t depth;
+	size_t max_depth;       /* 0: unlimited */
+	bool refuse_nul;
+	bool too_deep;
+	bool has_nul;
+};
+
+static int
+check_open(void *ctx)
+{
+	struct json_check *jc = ctx;
+
+	jc->depth++;
+	if (jc->max_depth != 0 && jc->depth > jc->max_depth) {
+		jc->too_deep = true;
+		return 0;
+	}
+	return 1;
+}
+
+static int
+check_close(void *ctx)
+{
+	struct json_check *jc = ctx;
+
+	jc->depth--;
+	return 1;
+}
+
+/* yajl_tree hands out strings as C strings: a "\u0000" would cut them. */
+static int
+check_string(void *ctx, const unsigned char *s, size_t len)
+{
+	struct json_check *jc = ctx;
+
+	if (jc->refuse_nul && memchr(s, '\0', len) != NULL) {
+		jc->has_nul = true;
+		return 0;
+	}
+	return 1;
+}
+
+static int
+check_open_map(void *ctx)
+{
+	return check_open(ctx);
+}
+
+static int
+check_open_array(void *ctx)
+{
+	return check_open(ctx);
+}
+
+static int
+check_close_map(void *ctx)
+{
+	return check_close(ctx);
+}
+
+static int
+check_close_array(void *ctx)
+{
+	return check_close(ctx);
+}
+
+static const yajl_callbacks json_check_callbacks = {
+	.yajl_string = check_string,
+	.yajl_start_map = check_open_map,
+	.yajl_map_key = check_string,
+	.yajl_end_map = check_close_map,
+	.yajl_start_array = check_open_array,
+	.yajl_end_array = check_close_array,
+};
+
+enum json_verdict { JSON_OK = 0, JSON_INVALID, JSON_TOO_DEEP, JSON_HAS_NUL, JSON_NO_MEMORY };
+
+/* Strict JSON (no comments, one value, nothing after it). */
+static enum json_verdict
+json_check(const char *text, size_t len, size_t max_depth, bool refuse_nul)
+{
+	struct json_check jc = { .max_depth = max_depth, .refuse_nul = refuse_nul };
+	yajl_handle h;
+	yajl_status st;
+
+	h = yajl_alloc(&json_check_callbacks, NULL, &jc);
+	if (h == NULL)
+		return JSON_NO_MEMORY;
+	yajl_config(h, yajl_allow_comments, 0);
+	st = yajl_parse(h, (const unsigned char *)text, len);
+	if (st == yajl_status_ok)
+		st = yajl_complete_parse(h);
+	yajl_free(h);
+	if (jc.too_deep)
+		return JSON_TOO_DEEP;
+	if (jc.has_nul)
+		return JSON_HAS_NUL;
+	return st == yajl_status_ok ? JSON_OK : JSON_INVALID;
+}
+
+static char *
+convert_json_text(const struct param_def *def, const char *text, struct lb_error *err)
+{
+	size_t len = strlen(text);
+	char *out;
+
+	/* A "\u0000" is valid JSON here: it stays text, PostgreSQL decides. */
+	switch (json_check(text, len, 0, false)) {
+	case JSON_OK:
+		break;
+	case JSON_NO_MEMORY:
+		out_of_memory(err);
+		return NULL;
+	case JSON_INVALID:
+	case JSON_TOO_DEEP:
+	case JSON_HAS_NUL:
+		wrong_type(err, def);
+		return NULL;
+	}
+	if (def->max_length >= 0 && len > (size_t)def->max_length) {
+		invalid_param(err, def, "is longer than %ld bytes.", def->max_length);
+		return NULL;
+	}
+	out = strdup(text);
+	if (out == NULL)
+		out_of_memory(err);
+	return out;
+}
+
+char *
+params_convert_text(const struct param_def *def, const char *text, struct lb_error *err)
+{
+	switch (def->type) {
+	case PT_TEXT:
+		return convert_plain_text(def, text, err);
+	case PT_INT:
+	case PT_BIGINT:
+		return convert_integer(def, text, err);
+	case PT_NUMERIC:
+		return convert_numeric(def, text, err);
+	case PT_BOOL:
+		return convert_bool(def, text, err);
+	case PT_UUID:
+		return convert_uuid(def, text, err);
+	case PT_TIMESTAMPTZ:
+		return convert_timestamptz(def, text, err);
+	case PT_JSON:
+		return convert_json_text(def, text, err);
+	}
+	wrong_type(err, def);
+	return NULL;
+}
+
+int
+route_has_body_params(const struct route *route)
+{
+	for (size_t i = 0; i < route->nparams; i++)
+		if (route->params[i].in == PARAM_IN_BODY)
+			return 1;
+	return 0;
+}
+
+/* ---- sources ------------------------------------------------------------- */
+
+/* A parameter with no value: its default, else an error if required, else NULL. */
+static int
+bind_missing(const struct param_def *def, char **slot, struct lb_error *err)
+{
+	*slot = NULL;
+	if (def->default_text != NULL) {
+		*slot = strdup(def->default_text);
+		return *slot != NULL ? 0 : out_of_memory(err);
+	}
+	if (def->required)
+		return invalid_param(err, def, "is required.");
+	return 0;
+}
+
+static int
+bind_text(const struct param_def *def, const char *text, char **slot, struct lb_error *err)
+{
+	if (text == NULL)
+		return bind_missing(def, slot, err);
+	*slot = params_convert_text(def, text, err);
+	return *slot != NULL ? 0 : -1;
+}
+
+static ssize_t
+find_param(const struct route *route, enum param_source in, const char *name, size_t len)
+{
+	for (size_t i = 0; i < route->nparams; i++) {
+		const struct param_def *def = &route->params[i];
+
+		if (def->in == in && strncmp(def->name, name, len) == 0 && def->name[len] == '\0')
+			return (ssize_t)i;
+	}
+	return -1;
+}
+
+/* The query parameter a raw key names, or -1. Most keys need no decoding. */
+static ssize_t
+find_query_param(const struct route *route, const char *key, size_t len)
+{
+	char *decoded;
+	ssize_t idx;
+
+	if (memchr(key, '%', len) == NULL && memchr(key, '+', len) == NULL)
+		return find_param(route, PARAM_IN_QUERY, key, len);
+	decoded = url_decode(key, len, 1);
+	if (decoded == NULL)
+		return -1;      /* cannot name a parameter */
+	idx = find_param(route, PARAM_IN_QUERY, decoded, strlen(decoded));
+	free(decoded);
+	return idx;
+}
+
+/*
+ * Splits the query string on '&' and key/value on the first '='; a key
+ * without '=' has the empty value. values[i] receives the decoded value of
+ * route->params[i]. Keys the route does not define are ignored.
+ */
+static int
+collect_query(const struct route *route, const char *qs, char **values, struct lb_error *err)
+{
+	const char *p = qs;
+
+	while (p != NULL && *p != '\0') {
+		const char *amp = strchr(p, '&');
+		size_t plen = amp ? (size_t)(amp - p) : strlen(p);
+		const char *eq = memchr(p, '=', plen);
+		size_t klen = eq ? (size_t)(eq - p) : plen;
+		const struct param_def *def;
+		ssize_t idx;
+
+		idx = plen > 0 ? find_query_param(route, p, klen) : -1;
+		if (idx >= 0) {
+			def = &route->params[idx];
+			if (values[idx] != NULL)
+				return invalid_param(err, def, "is repeated.");
+			values[idx] = eq ? url_decode(eq + 1, plen - klen - 1, 1) : strdup("");
+			if (values[idx] == NULL)
+				return invalid_param(err, def, "is not correctly percent-encoded.");
+		}
+		p = amp ? amp + 1 : NULL;
+	}
+	return 0;
+}
+
+/* The body as a tree, after a strict check that also bounds its depth. */
+static int
+parse_body(const char *body, size_t len, yajl_val *tree, struct lb_error *err)
+{
+	char *copy;
+
+	*tree = NULL;
+	if (body == NULL || len == 0)
+		return lb_error_set(err, LB_ERR_BAD_REQUEST, "The request body must be a JSON object.",
+				    "empty body");
+	switch (json_check(body, len, BODY_MAX_DEPTH, true)) {
+	case JSON_OK:
+		break;
+	case JSON_NO_MEMORY:
+		return out_of_memory(err);
+	case JSON_TOO_DEEP:
+		return lb_error_set(err, LB_ERR_BAD_REQUEST, "The request body is nested too deeply.",
+				    "body deeper than %d levels", BODY_MAX_DEPTH);
+	case JSON_HAS_NUL:
+		return lb_error_set(err, LB_ERR_BAD_REQUEST,
+				    "The request body must not contain NUL characters.",
+				    "\\u0000 in body");
+	case JSON_INVALID:
+		return lb_error_set(err, LB_ERR_BAD_REQUEST, "The request body is not valid JSON.",
+				    "body is not valid JSON");
+	}
+	/* yajl_tree wants a C string; the check above refused raw NULs. */
+	copy = malloc(len + 1);
+	if (copy == NULL)
+		return out_of_memory(err);
+	memcpy(copy, body, len);
+	copy[len] = '\0';
+	*tree = yajl_tree_parse(copy, NULL, 0);
+	free(copy);
+	if (*tree == NULL)
+		return out_of_memory(err);      /* it parsed a moment ago */
+	if (!YAJL_IS_OBJECT(*tree)) {
+		yajl_tree_free(*tree);
+		*tree = NULL;
+		return lb_error_set(err, LB_ERR_BAD_REQUEST, "The request body must be a JSON object.",
+				    "body is JSON but not an object");
+	}
+	return 0;
+}
+
+/* The field named like def, or NULL; a field given twice is an error. */
+static int
+body_field(yajl_val obj, const struct param_def *def, yajl_val *field, struct lb_error *err)
+{
+	*field = NULL;
+	for (size_t i = 0; i < obj->u.object.len; i++) {
+		if (strcmp(obj->u.object.keys[i], def->name) != 0)
+			continue;
+		if (*field != NULL)
+			return invalid_param(err, def, "is repeated.");
+		*field = obj->u.object.values[i];
+	}
+	return 0;
+}
+
+static yajl_gen_status
+gen_value(yajl_gen g, yajl_val v)
+{
+	yajl_gen_status st;
+
+	switch (v->type) {
+	case yajl_t_string:
+		return yajl_gen_string(g, (const unsigned char *)v->u.string, strlen(v->u.string));
+	case yajl_t_number:
+		return yajl_gen_number(g, v->u.number.r, strlen(v->u.number.r));
+	case yajl_t_true:
+		return yajl_gen_bool(g, 1);
+	case yajl_t_false:
+		return yajl_gen_bool(g, 0);
+	case yajl_t_null:
+		return yajl_gen_null(g);
+	case yajl_t_object:
+		if ((st = yajl_gen_map_open(g)) != yajl_gen_status_ok)
+			return st;
+		for (size_t i = 0; i < v->u.object.len; i++) {
+			const char *k = v->u.object.keys[i];
+
+			if ((st = yajl_gen_string(g, (const unsigned char *)k, strlen(k))) !=
+			    yajl_gen_status_ok)
+				return st;
+			if ((st = gen_value(g, v->u.object.values[i])) != yajl_gen_status_ok)
+				return st;
+		}
+		return yajl_gen_map_close(g);
+	case yajl_t_array:
+		if ((st = yajl_gen_array_open(g)) != yajl_gen_status_ok)
+			return st;
+		for (size_t i = 0; i < v->u.array.len; i++)
+			if ((st = gen_value(g, v->u.array.values[i])) != yajl_gen_status_ok)
+				return st;
+		return yajl_gen_array_close(g);
+	case yajl_t_any:
+		break;
+	}
+	return yajl_gen_invalid_string;
+}
+
+/* A body value of type json, written back out compactly. */
+static int
+bind_body_json(const struct param_def *def, yajl_val v, char **slot, struct lb_error *err)
+{
+	yajl_gen g = yajl_gen_alloc(NULL);
+	const unsigned char *buf;
+	size_t len;
+	int rc = 0;
+
+	if (g == NULL)
+		return out_of_memory(err);
+	if (gen_value(g, v) != yajl_gen_status_ok ||
+	    yajl_gen_get_buf(g, &buf, &len) != yajl_gen_status_ok) {
+		rc = lb_error_set(err, LB_ERR_INTERNAL, "The request could not be processed.",
+				  "re-serialising body parameter %s failed", def->name);
+	} else if (def->max_length >= 0 && len > (size_t)def->max_length) {
+		rc = invalid_param(err, def, "is longer than %ld bytes.", def->max_length);
+	} else {
+		*slot = strndup((const char *)buf, len);
+		if (*slot == NULL)
+			rc = out_of_memory(err);
+	}
+	yajl_gen_free(g);
+	return rc;
+}
+
+static int
+bind_body(const struct param_def *def, yajl_val v, char **slot, struct lb_error *err)
+{
+	*slot = NULL;
+	if (v == NULL)
+		return bind_missing(def, slot, err);
+	if (YAJL_IS_NULL(v))
+		return def->required ? invalid_param(err, def, "is required.") : 0;
+
+	switch (def->type) {
+	case PT_TEXT:
+	case PT_UUID:
+	case PT_TIMESTAMPTZ:
+		if (!YAJL_IS_STRING(v))
+			return wrong_type(err, def);
+		return bind_text(def, v->u.string, slot, err);
+	case PT_INT:
+	case PT_BIGINT:
+		/* The number's own text: range errors then name the limit. */
+		if (!YAJL_IS_NUMBER(v) || !is_strict_integer(v->u.number.r))
+			return wrong_type(err, def);
+		return bind_text(def, v->u.number.r, slot, err);
+	case PT_NUMERIC:
+		if (YAJL_IS_NUMBER(v))
+			return bind_text(def, v->u.number.r, slot, err);
+		if (YAJL_IS_STRING(v))
+			return bind_text(def, v->u.string, slot, err);
+		return wrong_type(err, def);
+	case PT_BOOL:
+		if (!YAJL_IS_TRUE(v) && !YAJL_IS_FALSE(v))
+			return wrong_type(err, def);
+		*slot = strdup(YAJL_IS_TRUE(v) ? "true" : "false");
+		return *slot != NULL ? 0 : out_of_memory(err);
+	case PT_JSON:
+		return bind_body_json(def, v, slot, err);
+	}
+	return wrong_type(err, def);
+}
+
+static void
+free_values(char **values, size_t count)
+{
+	if (values == NULL)
+		return;
+	for (size_t i = 0; i < count; i++)
+		free(values[i]);
+	free(values);
+}
+
+/*
+ * Errors are reported in a fixed order: the query string (repeats, bad
+ * escapes), the body as a whole, then each parameter in $n order.
+ */
+int
+params_bind(const struct route *route, char *const *path_values, const char *query_string,
+	    const char *body, size_t body_len, struct bound_params *out, struct lb_error *err)
+{
+	size_t n = route->nparams;
+	char **query = NULL;
+	yajl_val tree = NULL;
+	int rc = -1;
+
+	out->count = 0;
+	out->values = calloc(n ? n : 1, sizeof(*out->values));
+	query = calloc(n ? n : 1, sizeof(*query));
+	if (out->values == NULL || query == NULL) {
+		out_of_memory(err);
+		goto done;
+	}
+	out->count = n;
+	if (collect_query(route, query_string, query, err) < 0)
+		goto done;
+	if (route_has_body_params(route) && parse_body(body, body_len, &tree, err) < 0)
+		goto done;
+
+	for (size_t i = 0; i < n; i++) {
+		const struct param_def *def = &route->params[i];
+		yajl_val field;
+
+		switch (def->in) {
+		case PARAM_IN_PATH:
+			rc = bind_text(def, path_values ? path_values[i] : NULL, &out->values[i], err);
+			break;
+		case PARAM_IN_QUERY:
+			rc = bind_text(def, query[i], &out->values[i], err);
+			break;
+		case PARAM_IN_BODY:
+			rc = body_field(tree, def, &field, err);
+			if (rc == 0)
+				rc = bind_body(def, field, &out->values[i], err);
+			break;
+		}
+		if (rc < 0)
+			goto done;
+	}
+	rc = 0;
+done:
+	free_values(query, n);
+	yajl_tree_free(tree);
+	if (rc < 0)
+		bound_params_free(out);
+	return rc < 0 ? -1 : 0;
+}
+
+void
+bound_params_free(struct bound_params *bp)
+{
+	if (bp == NULL)
+		return;
+	free_values(bp->values, bp->count);
+	bp->values = NULL;
+	bp->count = 0;
+}

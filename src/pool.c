@@ -1,0 +1,708 @@
+/*
+ * pool.c - a pool of libpq connections logged in as one identity (see pool.h).
+ *
+ * Idle connections form a stack: the most recently used one is handed out
+ * first, so surplus connections sink to the bottom, stay unused and are
+ * closed by pool_reap() once idle_timeout_ms passes. Slow work (logins, the
+ * liveness check, PQfinish) happens outside the lock; a thread that is about
+ * to open a connection first reserves its slot (counted in `open`), so the
+ * cap holds while the lock is dropped.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "pool.h"
+
+/* libpq 15 has no sslrootcert=system: name Debian's bundle ourselves. */
+#define SYSTEM_CA_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
+
+#define MSG_UNAVAILABLE "The database is not available; try again shortly."
+#define MSG_POOL_EXHAUSTED "No database connection is available; try again shortly."
+#define MSG_ROLE_MISSING \
+	"The database refused the login: the user needs a Postgres role in Lakebase."
+
+struct pool_conn {
+	PGconn *pg;
+	time_t cred_expires_at;   /* wall clock: expiry of the credential it logged in with */
+	int64_t last_used_ms;     /* monotonic */
+	bool fresh;
+	bool server_error;        /* the server sent an error outside a query */
+	int statement_timeout_ms; /* as last set by the worker; -1 = server default */
+	const char *close_reason; /* while detached for closing */
+	struct pool_conn *next;   /* while detached for closing */
+};
+
+struct pool {
+	pthread_mutex_t lock;
+	pthread_cond_t changed;   /* a connection went idle or a slot was freed */
+	struct pool_conn **idle;  /* stack of settings.max; idle[nidle - 1] is the newest */
+	int nidle;
+	int open;                 /* physical connections, counting ones being opened or closed */
+	int busy;                 /* handed out, or being checked before hand-out */
+	int waiting;
+	const struct lb_config *cfg; /* borrowed: outlives the pool */
+	struct pool_settings settings;
+	struct pool_source source;
+	char *label;
+};
+
+static int64_t
+monotonic_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void
+deadline_after_ms(struct timespec *ts, int ms)
+{
+	clock_gettime(CLOCK_MONOTONIC, ts);
+	if (ms <= 0)
+		return;
+	ts->tv_sec += ms / 1000;
+	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts->tv_nsec >= 1000000000L) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000L;
+	}
+}
+
+/* Marks err (already set to LB_ERR_UNAVAILABLE) as worth retrying soon. */
+static void
+mark_transient(struct lb_error *err, const char *sqlstate)
+{
+	if (err == NULL)
+		return;
+	err->transience = LB_TRANSIENT;
+	err->retry_after_s = 1;
+	snprintf(err->sqlstate, sizeof(err->sqlstate), "%s", sqlstate ? sqlstate : "");
+}
+
+/*
+ * Notices are dropped: libpq's default receiver writes them to stderr,
+ * which would break the log format. An error arriving outside a query (the
+ * FATAL a server sends before closing an idle session, as after
+ * pg_terminate_backend) marks the pool connection broken.
+ */
+static void
+notice_receiver(void *arg, const PGresult *res)
+{
+	struct pool_conn *conn = arg;
+	const char *severity;
+
+	if (conn == NULL)
+		return;
+	severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+	if (severity != NULL && (strcmp(severity, "ERROR") == 0 ||
+	    strcmp(severity, "FATAL") == 0 || strcmp(severity, "PANIC") == 0))
+		conn->server_error = true;
+}
+
+/* ---- one physical connection ---- */
+
+struct conn_params {
+	const char *keys[16];
+	const char *values[16];
+	int n;
+};
+
+/* Adds a keyword unless its value is NULL (libpq then uses its default). */
+static void
+param_add(struct conn_params *p, const char *key, const char *value)
+{
+	if (value == NULL)
+		return;
+	assert(p->n < (int)(sizeof(p->keys) / sizeof(p->keys[0])) - 1);
+	p->keys[p->n] = key;
+	p->values[p->n] = value;
+	p->n++;
+	p->keys[p->n] = NULL;
+	p->values[p->n] = NULL;
+}
+
+static bool
+sslmode_verifies(const char *sslmode)
+{
+	return sslmode != NULL &&
+	    (strcmp(sslmode, "verify-ca") == 0 || strcmp(sslmode, "verify-full") == 0);
+}
+
+static bool
+is_sqlstate_char(char c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z');
+}
+
+/*
+ * Finds the SQLSTATE in a connection error rendered with PQERRORS_VERBOSE
+ * ("...failed: FATAL:  28P01: password authentication failed ...").
+ * Copies it to `sqlstate` and returns the start of its line, or NULL.
+ */
+static const char *
+find_sqlstate(const char *msg, char sqlstate[6])
+{
+	const char *p, *code, *line;
+
+	for (p = strstr(msg, ":  "); p != NULL; p = strstr(p + 3, ":  ")) {
+		code = p + 3;
+		if (!is_sqlstate_char(code[0]) || !is_sqlstate_char(code[1]) ||
+		    !is_sqlstate_char(code[2]) || !is_sqlstate_char(code[3]) ||
+		    !is_sqlstate_char(code[4]) || code[5] != ':' || code[6] != ' ')
+			continue;
+		memcpy(sqlstate, code, 5);
+		sqlstate[5] = '\0';
+		for (line = p; line > msg && line[-1] != '\n'; line--)
+			;
+		return line;
+	}
+	return NULL;
+}
+
+/*
+ * Classifies a failed login into err. libpq has no call returning the
+ * SQLSTATE of a failed connection attempt: the server's ErrorResponse is
+ * only rendered into PQerrorMessage (its PGresult is internal). With
+ * PQERRORS_VERBOSE set before the attempt the rendering carries the code,
+ * so we read the code rather than the English text, which lc_messages
+ * translates and which a proxy in front of Postgres may word differently.
+ * Class 28 (invalid authorization: wrong or expired password, no such
+ * role, no pg_hba entry) is a refused login; anything else (refused,
+ * timeout, TLS, server starting up or full) is worth retrying.
+ * The message never contains the password: libpq does not echo it.
+ */
+static void
+set_connect_error(PGconn *pg, struct lb_error *err)
+{
+	const char *msg = pg ? PQerrorMessage(pg) : NULL;
+	const char *line;
+	char sqlstate[6] = "";
+	int len;
+
+	if (msg == NULL || *msg == '\0')
+		msg = "connection failed";
+	line = find_sqlstate(msg, sqlstate);
+	if (line == NULL)
+		line = msg;
+	len = (int)strcspn(line, "\n");
+	if (strncmp(sqlstate, "28", 2) == 0) {
+		lb_error_set(err, LB_ERR_ROLE_MISSING, MSG_ROLE_MISSING, "%.*s", len, line);
+		if (err != NULL)
+			memcpy(err->sqlstate, sqlstate, sizeof(err->sqlstate));
+		return;
+	}
+	lb_error_set(err, LB_ERR_UNAVAILABLE, MSG_UNAVAILABLE, "%.*s", len, line);
+	mark_transient(err, sqlstate);
+}
+
+/*
+ * Drives PQconnectPoll to completion or until deadline_ms (monotonic;
+ * <= 0: none). Returns 0 when connected, -1 on failure, -2 on timeout.
+ */
+static int
+connect_poll(PGconn *pg, int64_t deadline_ms)
+{
+	PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+	struct pollfd pfd;
+	int64_t left;
+	int n;
+
+	for (;;) {
+		if (st == PGRES_POLLING_OK)
+			return 0;
+		if (st == PGRES_POLLING_FAILED)
+			return -1;
+		pfd.fd = PQsocket(pg);
+		if (pfd.fd < 0)
+			return -1;
+		pfd.events = st == PGRES_POLLING_READING ? POLLIN : POLLOUT;
+		pfd.revents = 0;
+		left = -1;
+		if (deadline_ms > 0) {
+			left = deadline_ms - monotonic_ms();
+			if (left <= 0)
+				return -2;
+		}
+		n = poll(&pfd, 1, left > INT32_MAX ? INT32_MAX : (int)left);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -1;
+		if (n == 0)
+			return -2;
+		st = PQconnectPoll(pg);
+	}
+}
+
+PGconn *
+pool_connect(const struct lb_config *cfg, int connect_timeout_ms,
+	     const struct credential *cred, struct lb_error *err)
+{
+	struct conn_params p;
+	char port[16];
+	const char *rootcert;
+	int64_t deadline_ms = 0;
+	PGconn *pg;
+	int rc;
+
+	lb_error_clear(err);
+	if (connect_timeout_ms > 0)
+		deadline_ms = monotonic_ms() + connect_timeout_ms;
+	memset(&p, 0, sizeof(p));
+	snprintf(port, sizeof(port), "%d", cfg->pg_port);
+	rootcert = cfg->pg_sslrootcert;
+	if (rootcert == NULL && sslmode_verifies(cfg->pg_sslmode))
+		rootcert = SYSTEM_CA_BUNDLE;
+
+	param_add(&p, "host", cfg->pg_host);
+	param_add(&p, "port", cfg->pg_port > 0 ? port : NULL);
+	param_add(&p, "dbname", cfg->pg_database);
+	param_add(&p, "user", cred->role);
+	param_add(&p, "password", cred->token);   /* borrowed: no copy of the secret */
+	param_add(&p, "sslmode", cfg->pg_sslmode);
+	param_add(&p, "sslrootcert", rootcert);
+	param_add(&p, "application_name", cfg->pg_appname);
+	/* Lakebase logins are password (OAuth credential) logins: skip the
+	 * Kerberos/GSSAPI probe libpq would otherwise make on every connect. */
+	param_add(&p, "gssencmode", "disable");
+	/* Results are written as JSON, which must be UTF-8. */
+	param_add(&p, "client_encoding", "UTF8");
+	/* No connect_timeout keyword: libpq ignores it under PQconnectPoll;
+	 * connect_poll() enforces connect_timeout_ms (total, in ms). */
+
+	pg = PQconnectStartParams(p.keys, p.values, 0);
+	if (pg == NULL) {
+		lb_error_set(err, LB_ERR_INTERNAL, "Internal error.", "out of memory opening a connection");
+		return NULL;
+	}
+	/* Verbose errors carry the SQLSTATE of a refused login (see set_connect_error). */
+	PQsetErrorVerbosity(pg, PQERRORS_VERBOSE);
+	PQsetNoticeReceiver(pg, notice_receiver, NULL);
+
+	rc = PQstatus(pg) == CONNECTION_BAD ? -1 : connect_poll(pg, deadline_ms);
+	if (rc == -2) {
+		lb_error_set(err, LB_ERR_UNAVAILABLE, MSG_UNAVAILABLE,
+			     "connecting to %s port %d: timed out after %d ms",
+			     cfg->pg_host ? cfg->pg_host : "(default host)", cfg->pg_port,
+			     connect_timeout_ms);
+		mark_transient(err, NULL);
+		PQfinish(pg);
+		return NULL;
+	}
+	if (rc != 0 || PQstatus(pg) != CONNECTION_OK) {
+		set_connect_error(pg, err);
+		PQfinish(pg);
+		return NULL;
+	}
+	PQsetErrorVerbosity(pg, PQERRORS_DEFAULT);
+	return pg;
+}
+
+/* ---- the pool ---- */
+
+struct pool *
+pool_create(const struct lb_config *cfg, const struct pool_settings *settings,
+	    const struct pool_source *source, const char *label)
+{
+	struct pool *pool;
+	pthread_condattr_t attr;
+
+	if (settings->max < 1 || source->get_credential == NULL)
+		return NULL;
+	pool = calloc(1, sizeof(*pool));
+	if (pool == NULL)
+		return NULL;
+	pool->idle = calloc((size_t)settings->max, sizeof(*pool->idle));
+	pool->label = strdup(label ? label : "");
+	if (pool->idle == NULL || pool->label == NULL)
+		goto fail;
+	pool->cfg = cfg;
+	pool->settings = *settings;
+	pool->source = *source;
+	if (pthread_mutex_init(&pool->lock, NULL) != 0)
+		goto fail;
+	/* Waits are bounded on the monotonic clock: a wall-clock step must
+	 * neither cut nor stretch acquire_timeout_ms. */
+	if (pthread_condattr_init(&attr) != 0) {
+		pthread_mutex_destroy(&pool->lock);
+		goto fail;
+	}
+	if (pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) != 0 ||
+	    pthread_cond_init(&pool->changed, &attr) != 0) {
+		pthread_condattr_destroy(&attr);
+		pthread_mutex_destroy(&pool->lock);
+		goto fail;
+	}
+	pthread_condattr_destroy(&attr);
+	return pool;
+fail:
+	free(pool->idle);
+	free(pool->label);
+	free(pool);
+	return NULL;
+}
+
+/*
+ * May this pool open one more physical connection? Called with the lock
+ * held. This is where the per-worker budget shared by all pools (per-user
+ * pools, issue 3) plugs in: take a unit of the worker's budget, or evict
+ * another pool's least recently used idle connection, or say no and let
+ * the caller wait (then a slot freed in another pool must wake it too).
+ */
+static bool
+may_open_connection(const struct pool *pool)
+{
+	return pool->open < pool->settings.max;
+}
+
+/* Closes a connection no longer counted as idle or busy; lock not held. */
+static void
+close_conn(const struct pool *pool, struct pool_conn *conn, const char *reason)
+{
+	log_debug("pool connection closed", "pool", pool->label, "reason", reason);
+	PQfinish(conn->pg);
+	free(conn);
+}
+
+/* n physical connections are gone: update the count and wake waiters. */
+static int
+slots_freed(struct pool *pool, int n)
+{
+	int open;
+
+	pthread_mutex_lock(&pool->lock);
+	pool->open -= n;
+	open = pool->open;
+	if (n == 1)
+		pthread_cond_signal(&pool->changed);
+	else if (n > 1)
+		pthread_cond_broadcast(&pool->changed);
+	pthread_mutex_unlock(&pool->lock);
+	return open;
+}
+
+/* Closes a connection that was counted busy. */
+static void
+close_busy(struct pool *pool, struct pool_conn *conn, const char *reason)
+{
+	close_conn(pool, conn, reason);
+	pthread_mutex_lock(&pool->lock);
+	pool->busy--;
+	pool->open--;
+	pthread_cond_signal(&pool->changed);
+	pthread_mutex_unlock(&pool->lock);
+}
+
+/* Closes a list of detached connections, each with its reason. */
+static int
+close_detached(struct pool *pool, struct pool_conn *list)
+{
+	struct pool_conn *next;
+	int n = 0;
+
+	for (; list != NULL; list = next) {
+		next = list->next;
+		close_conn(pool, list, list->close_reason);
+		n++;
+	}
+	return slots_freed(pool, n);
+}
+
+/*
+ * Why an idle connection must not be handed out, or NULL if it may be.
+ * A readable socket on an idle connection means the server closed it or
+ * sent an error (FATAL after pg_terminate_backend or idle_session_timeout).
+ */
+static const char *
+idle_conn_problem(struct pool_conn *conn)
+{
+	struct pollfd pfd;
+	int n;
+
+	if (time(NULL) >= conn->cred_expires_at)
+		return "expired_credential";
+	if (PQstatus(conn->pg) != CONNECTION_OK)
+		return "broken";
+	pfd.fd = PQsocket(conn->pg);
+	pfd.events = POLLIN;
+	pfd.revents = 0;
+	do {
+		n = poll(&pfd, 1, 0);
+	} while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return "broken";
+	if (n == 0)
+		return NULL;
+	if (!PQconsumeInput(conn->pg) || PQstatus(conn->pg) != CONNECTION_OK)
+		return "broken";
+	(void)PQisBusy(conn->pg);   /* parses it: an error reaches notice_receiver */
+	if (conn->server_error)
+		return "broken";
+	return NULL;
+}
+
+enum take { TAKE_IDLE, TAKE_SLOT, TAKE_TIMEOUT };
+
+/*
+ * With the lock held: pops the newest idle connection (counted busy), or
+ * reserves a slot for a new one (counted open), waiting until `deadline`.
+ * Conditions are re-checked after every wake-up, a timed-out one included,
+ * so a signal consumed together with a timeout is not lost.
+ */
+static enum take
+take_locked(struct pool *pool, const struct timespec *deadline, struct pool_conn **conn)
+{
+	bool timed_out = false;
+	int rc;
+
+	for (;;) {
+		if (pool->nidle > 0) {
+			*conn = pool->idle[--pool->nidle];
+			pool->busy++;
+			return TAKE_IDLE;
+		}
+		if (may_open_connection(pool)) {
+			pool->open++;
+			return TAKE_SLOT;
+		}
+		if (timed_out)
+			return TAKE_TIMEOUT;
+		pool->waiting++;
+		rc = pthread_cond_timedwait(&pool->changed, &pool->lock, deadline);
+		pool->waiting--;
+		timed_out = rc != 0;
+	}
+}
+
+/* Opens a connection into a reserved slot. */
+static int
+open_into_slot(struct pool *pool, struct pool_conn **out, struct lb_error *err)
+{
+	struct credential cred;
+	struct pool_conn *conn;
+	PGconn *pg = NULL;
+
+	memset(&cred, 0, sizeof(cred));
+	conn = calloc(1, sizeof(*conn));
+	if (conn == NULL) {
+		lb_error_set(err, LB_ERR_INTERNAL, "Internal error.", "out of memory");
+		goto fail;
+	}
+	if (pool->source.get_credential(pool->source.ctx, &cred, err) != 0)
+		goto fail;
+	pg = pool_connect(pool->cfg, pool->settings.connect_timeout_ms, &cred, err);
+	if (pg == NULL) {
+		/* Let the credential layer drop a credential the server refused. */
+		if (err->code == LB_ERR_ROLE_MISSING && pool->source.auth_failed != NULL)
+			pool->source.auth_failed(pool->source.ctx, &cred);
+		goto fail;
+	}
+	conn->pg = pg;
+	conn->cred_expires_at = cred.expires_at;
+	conn->fresh = true;
+	conn->statement_timeout_ms = -1;
+	PQsetNoticeReceiver(pg, notice_receiver, conn);
+	credential_clear(&cred);
+	log_debug("pool connection opened", "pool", pool->label);
+
+	pthread_mutex_lock(&pool->lock);
+	pool->busy++;
+	pthread_mutex_unlock(&pool->lock);
+	*out = conn;
+	return 0;
+fail:
+	credential_clear(&cred);
+	free(conn);
+	slots_freed(pool, 1);
+	return -1;
+}
+
+int
+pool_acquire(struct pool *pool, struct pool_conn **out, struct lb_error *err)
+{
+	struct lb_error local;
+	struct timespec deadline;
+	struct pool_conn *conn = NULL;
+	const char *problem;
+	enum take took;
+
+	if (err == NULL)
+		err = &local;
+	lb_error_clear(err);
+	*out = NULL;
+	deadline_after_ms(&deadline, pool->settings.acquire_timeout_ms);
+	for (;;) {
+		pthread_mutex_lock(&pool->lock);
+		took = take_locked(pool, &deadline, &conn);
+		pthread_mutex_unlock(&pool->lock);
+
+		if (took == TAKE_SLOT)
+			return open_into_slot(pool, out, err);
+		if (took == TAKE_TIMEOUT) {
+			lb_error_set(err, LB_ERR_UNAVAILABLE, MSG_POOL_EXHAUSTED,
+				     "pool %s: no connection within %d ms (max %d)",
+				     pool->label, pool->settings.acquire_timeout_ms,
+				     pool->settings.max);
+			mark_transient(err, NULL);
+			return -1;
+		}
+		problem = idle_conn_problem(conn);
+		if (problem == NULL) {
+			conn->fresh = false;
+			*out = conn;
+			return 0;
+		}
+		close_busy(pool, conn, problem);
+	}
+}
+
+/* Why a returned connection must be closed rather than kept, or NULL. */
+static const char *
+release_problem(struct pool_conn *conn, bool broken)
+{
+	if (broken || conn->server_error || PQstatus(conn->pg) != CONNECTION_OK ||
+	    PQtransactionStatus(conn->pg) != PQTRANS_IDLE)
+		return "broken";
+	if (time(NULL) >= conn->cred_expires_at)
+		return "expired_credential";
+	return NULL;
+}
+
+void
+pool_release(struct pool *pool, struct pool_conn *conn, bool broken)
+{
+	const char *problem;
+
+	if (conn == NULL)
+		return;
+	problem = release_problem(conn, broken);
+	if (problem != NULL) {
+		close_busy(pool, conn, problem);
+		return;
+	}
+	conn->last_used_ms = monotonic_ms();
+	pthread_mutex_lock(&pool->lock);
+	assert(pool->nidle < pool->settings.max);
+	pool->idle[pool->nidle++] = conn;
+	pool->busy--;
+	pthread_cond_signal(&pool->changed);
+	pthread_mutex_unlock(&pool->lock);
+}
+
+PGconn *
+pool_conn_pg(struct pool_conn *conn)
+{
+	return conn->pg;
+}
+
+bool
+pool_conn_is_fresh(const struct pool_conn *conn)
+{
+	return conn->fresh;
+}
+
+int
+pool_conn_statement_timeout(const struct pool_conn *conn)
+{
+	return conn->statement_timeout_ms;
+}
+
+void
+pool_conn_set_statement_timeout(struct pool_conn *conn, int timeout_ms)
+{
+	conn->statement_timeout_ms = timeout_ms;
+}
+
+static const char *
+reap_reason(const struct pool *pool, const struct pool_conn *conn, time_t now, int64_t now_ms)
+{
+	if (now >= conn->cred_expires_at)
+		return "expired_credential";
+	if (now_ms - conn->last_used_ms >= pool->settings.idle_timeout_ms)
+		return "idle";
+	return NULL;
+}
+
+/*
+ * Detaches the idle connections to close (all of them at shutdown), keeping
+ * the others in order. Called with the lock held.
+ */
+static struct pool_conn *
+detach_idle_locked(struct pool *pool, bool shutdown)
+{
+	struct pool_conn *list = NULL, *conn;
+	time_t now = time(NULL);
+	int64_t now_ms = monotonic_ms();
+	const char *reason;
+	int kept = 0;
+
+	for (int i = 0; i < pool->nidle; i++) {
+		conn = pool->idle[i];
+		reason = shutdown ? "shutdown" : reap_reason(pool, conn, now, now_ms);
+		if (reason == NULL) {
+			pool->idle[kept++] = conn;
+			continue;
+		}
+		conn->close_reason = reason;
+		conn->next = list;
+		list = conn;
+	}
+	pool->nidle = kept;
+	return list;
+}
+
+int
+pool_reap(struct pool *pool)
+{
+	struct pool_conn *list;
+
+	pthread_mutex_lock(&pool->lock);
+	list = detach_idle_locked(pool, false);
+	pthread_mutex_unlock(&pool->lock);
+	return close_detached(pool, list);
+}
+
+void
+pool_close_idle(struct pool *pool)
+{
+	struct pool_conn *list;
+
+	pthread_mutex_lock(&pool->lock);
+	list = detach_idle_locked(pool, true);
+	pthread_mutex_unlock(&pool->lock);
+	close_detached(pool, list);
+}
+
+void
+pool_destroy(struct pool *pool)
+{
+	if (pool == NULL)
+		return;
+	pool_close_idle(pool);
+	assert(pool->busy == 0 && pool->open == 0 && pool->waiting == 0);
+	pthread_cond_destroy(&pool->changed);
+	pthread_mutex_destroy(&pool->lock);
+	free(pool->idle);
+	free(pool->label);
+	free(pool);
+}
+
+void
+pool_get_stats(struct pool *pool, struct pool_stats *stats)
+{
+	pthread_mutex_lock(&pool->lock);
+	stats->open = pool->open;
+	stats->idle = pool->nidle;
+	stats->busy = pool->busy;
+	stats->waiting = pool->waiting;
+	pthread_mutex_unlock(&pool->lock);
+}

@@ -1,0 +1,88 @@
+/*
+ * pool.h - a pool of libpq connections logged in as one identity.
+ *
+ * The pool does not know whose connections it holds: it asks its credential
+ * source for a credential each time it opens a physical connection, so the
+ * same type serves the service principal and every user.
+ *
+ * Connections are opened on demand up to settings.max, with TLS settings,
+ * application_name and connect timeout from the config. An idle connection
+ * is checked before reuse (a peer-closed socket is discarded, not handed
+ * out) and is never reused after the credential it logged in with has
+ * expired. pool_reap() closes connections idle longer than idle_timeout_ms;
+ * it is called from a maintenance thread, never on the request path.
+ *
+ * Thread-safe. pool_acquire blocks at most acquire_timeout_ms, then fails
+ * with LB_ERR_UNAVAILABLE and retry_after_s set. Logins happen outside the
+ * pool lock, so one slow login does not stall other threads.
+ */
+#ifndef LB_POOL_H
+#define LB_POOL_H
+
+#include <stdbool.h>
+#include <libpq-fe.h>
+
+#include "config.h"
+#include "credential.h"
+#include "error.h"
+
+/* Fills `out` with a credential valid now for this pool's identity. */
+typedef int (*pool_credential_fn)(void *ctx, struct credential *out, struct lb_error *err);
+/* Called when a login was refused (SQLSTATE 28xxx) with `cred` (may be NULL). */
+typedef void (*pool_auth_failed_fn)(void *ctx, const struct credential *cred);
+
+struct pool_source {
+	pool_credential_fn get_credential;
+	pool_auth_failed_fn auth_failed;   /* optional */
+	void *ctx;
+};
+
+struct pool;
+struct pool_conn;
+
+struct pool_stats {
+	int open;      /* physical connections */
+	int idle;
+	int busy;
+	int waiting;   /* threads waiting in pool_acquire */
+};
+
+/* `label` names the pool in logs ("sp", or a user's hashed id); copied. */
+struct pool *pool_create(const struct lb_config *cfg, const struct pool_settings *settings,
+			 const struct pool_source *source, const char *label);
+/* Closes every connection (waits for none: call when no thread uses it). */
+void pool_destroy(struct pool *pool);
+
+int pool_acquire(struct pool *pool, struct pool_conn **out, struct lb_error *err);
+/* Returns a connection; broken=true closes it instead of keeping it idle. */
+void pool_release(struct pool *pool, struct pool_conn *conn, bool broken);
+
+PGconn *pool_conn_pg(struct pool_conn *conn);
+/* True if the connection was opened for this acquire (not reused idle). */
+bool pool_conn_is_fresh(const struct pool_conn *conn);
+
+/*
+ * The statement_timeout (ms) the worker last set on this session; -1 when
+ * never set (server default). Lets the worker skip a round trip when the
+ * session already has the route's timeout. A new connection starts at -1.
+ */
+int pool_conn_statement_timeout(const struct pool_conn *conn);
+void pool_conn_set_statement_timeout(struct pool_conn *conn, int timeout_ms);
+
+/* Closes idle connections past idle_timeout_ms or past their credential's
+ * expiry. Returns the number of connections still open. */
+int pool_reap(struct pool *pool);
+/* Closes all idle connections now (used at shutdown and by tests). */
+void pool_close_idle(struct pool *pool);
+
+void pool_get_stats(struct pool *pool, struct pool_stats *stats);
+
+/*
+ * Opens one physical connection with `cred` (exposed so the readiness check
+ * and tests share the code). Returns NULL with err set; a refused login maps
+ * to LB_ERR_ROLE_MISSING with the SQLSTATE.
+ */
+PGconn *pool_connect(const struct lb_config *cfg, int connect_timeout_ms,
+		     const struct credential *cred, struct lb_error *err);
+
+#endif

@@ -1,0 +1,269 @@
+/*
+ * request.c - fills struct http_request from a FastCGI request and sends
+ * struct http_response back. The only file of the request path that knows
+ * libfcgi.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/rand.h>
+
+#include "request.h"
+
+#define HEADER_NAME_MAX 128
+
+static const char *
+fcgx_param(void *ctx, const char *name)
+{
+	FCGX_Request *fcgx = ctx;
+
+	return FCGX_GetParam(name, fcgx->envp);
+}
+
+const char *
+request_header(const struct http_request *req, const char *name)
+{
+	char key[HEADER_NAME_MAX + sizeof("HTTP_")];
+	size_t n = strlen(name);
+
+	if (n == 0 || n > HEADER_NAME_MAX || req->param == NULL)
+		return NULL;
+	memcpy(key, "HTTP_", 5);
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)name[i];
+		key[5 + i] = c == '-' ? '_' : (char)toupper(c);
+	}
+	key[5 + n] = '\0';
+	return req->param(req->param_ctx, key);
+}
+
+void
+request_generate_id(char *buf)
+{
+	unsigned char raw[16];
+	static const char hex[] = "0123456789abcdef";
+
+	if (RAND_bytes(raw, sizeof(raw)) != 1)
+		memset(raw, 0, sizeof(raw));
+	for (size_t i = 0; i < sizeof(raw); i++) {
+		buf[2 * i] = hex[raw[i] >> 4];
+		buf[2 * i + 1] = hex[raw[i] & 15];
+	}
+	buf[2 * sizeof(raw)] = '\0';
+}
+
+/* A client-supplied request id is echoed and logged, so only a short,
+ * plain token is accepted; anything else is replaced. */
+static bool
+request_id_is_sane(const char *id)
+{
+	size_t n = 0;
+
+	for (const char *p = id; *p; p++, n++) {
+		if (n >= REQUEST_ID_MAX)
+			return false;
+		if (!isalnum((unsigned char)*p) && *p != '-' && *p != '_' && *p != '.')
+			return false;
+	}
+	return n > 0;
+}
+
+/* Parses CONTENT_LENGTH strictly: digits only. -1 if absent, -2 if bad. */
+static long
+parse_content_length(const char *text)
+{
+	char *end;
+	long v;
+
+	if (text == NULL || *text == '\0')
+		return -1;
+	if (!isdigit((unsigned char)*text))
+		return -2;
+	errno = 0;
+	v = strtol(text, &end, 10);
+	if (errno != 0 || *end != '\0' || v < 0)
+		return -2;
+	return v;
+}
+
+/* The request path: REQUEST_URI up to '?' (nginx, Apache), else
+ * SCRIPT_NAME + PATH_INFO (servers that omit REQUEST_URI). */
+static char *
+request_path(FCGX_Request *fcgx)
+{
+	const char *uri = FCGX_GetParam("REQUEST_URI", fcgx->envp);
+	struct strbuf sb;
+
+	strbuf_init(&sb);
+	if (uri != NULL && *uri != '\0') {
+		strbuf_append(&sb, uri, strcspn(uri, "?#"));
+	} else {
+		const char *script = FCGX_GetParam("SCRIPT_NAME", fcgx->envp);
+		const char *info = FCGX_GetParam("PATH_INFO", fcgx->envp);
+
+		strbuf_append_str(&sb, script ? script : "");
+		strbuf_append_str(&sb, info ? info : "");
+	}
+	if (sb.len == 0)
+		strbuf_append_str(&sb, "/");
+	if (strbuf_failed(&sb)) {
+		strbuf_free(&sb, false);
+		return NULL;
+	}
+	return strbuf_detach(&sb, NULL);
+}
+
+static int
+read_body(FCGX_Request *fcgx, long max_body, struct http_request *req, struct lb_error *err)
+{
+	long want = req->content_length;
+	size_t cap;
+	int n;
+
+	if (want == 0)
+		return 0;
+	/* Without a length, read up to the limit plus one byte to detect excess. */
+	cap = (size_t)(want > 0 ? want : max_body + 1);
+	req->body = malloc(cap + 1);
+	if (req->body == NULL)
+		return lb_error_set(err, LB_ERR_INTERNAL, "Out of memory.", "body allocation of %zu bytes", cap);
+	while (req->body_len < cap) {
+		n = FCGX_GetStr(req->body + req->body_len, (int)(cap - req->body_len > 65536 ? 65536 : cap - req->body_len),
+				fcgx->in);
+		if (n <= 0)
+			break;
+		req->body_len += (size_t)n;
+	}
+	req->body[req->body_len] = '\0';
+	if (want > 0 && req->body_len != (size_t)want)
+		return lb_error_set(err, LB_ERR_BAD_REQUEST, "The request body is incomplete.",
+				    "read %zu of %ld body bytes", req->body_len, want);
+	if (req->body_len > (size_t)max_body)
+		return lb_error_set(err, LB_ERR_PAYLOAD_TOO_LARGE, "The request body is too large.",
+				    "body over %ld bytes", max_body);
+	return 0;
+}
+
+int
+request_from_fcgx(FCGX_Request *fcgx, long max_body, struct http_request *req, struct lb_error *err)
+{
+	const char *rid;
+	const char *query;
+
+	memset(req, 0, sizeof(*req));
+	req->param = fcgx_param;
+	req->param_ctx = fcgx;
+	rid = FCGX_GetParam("HTTP_X_REQUEST_ID", fcgx->envp);
+	if (rid != NULL && request_id_is_sane(rid))
+		snprintf(req->request_id, sizeof(req->request_id), "%s", rid);
+	else
+		request_generate_id(req->request_id);
+
+	req->method = FCGX_GetParam("REQUEST_METHOD", fcgx->envp);
+	if (req->method == NULL)
+		req->method = "GET";
+	query = FCGX_GetParam("QUERY_STRING", fcgx->envp);
+	req->query = query ? query : "";
+	req->content_type = FCGX_GetParam("CONTENT_TYPE", fcgx->envp);
+	if (req->content_type != NULL && *req->content_type == '\0')
+		req->content_type = NULL;
+	req->path = request_path(fcgx);
+	if (req->path == NULL)
+		return lb_error_set(err, LB_ERR_INTERNAL, "Out of memory.", "request path");
+
+	req->content_length = parse_content_length(FCGX_GetParam("CONTENT_LENGTH", fcgx->envp));
+	if (req->content_length == -2)
+		return lb_error_set(err, LB_ERR_BAD_REQUEST, "Invalid Content-Length.", "bad CONTENT_LENGTH");
+	if (req->content_length > max_body)
+		return lb_error_set(err, LB_ERR_PAYLOAD_TOO_LARGE, "The request body is too large.",
+				    "Content-Length %ld over the limit of %ld", req->content_length, max_body);
+	return read_body(fcgx, max_body, req, err);
+}
+
+void
+request_free(struct http_request *req)
+{
+	free(req->path);
+	if (req->body != NULL) {
+		/* Bodies can carry personal data: do not leave them in freed memory. */
+		OPENSSL_cleanse(req->body, req->body_len);
+		free(req->body);
+	}
+	req->path = NULL;
+	req->body = NULL;
+}
+
+void
+response_init(struct http_response *resp)
+{
+	resp->status = 200;
+	strbuf_init(&resp->headers);
+	strbuf_init(&resp->body);
+}
+
+void
+response_add_header(struct http_response *resp, const char *name, const char *value)
+{
+	strbuf_append_str(&resp->headers, name);
+	strbuf_append(&resp->headers, ": ", 2);
+	strbuf_append_str(&resp->headers, value);
+	strbuf_append(&resp->headers, "\r\n", 2);
+}
+
+static const char *
+status_reason(int status)
+{
+	switch (status) {
+	case 200: return "OK";
+	case 201: return "Created";
+	case 204: return "No Content";
+	case 400: return "Bad Request";
+	case 401: return "Unauthorized";
+	case 403: return "Forbidden";
+	case 404: return "Not Found";
+	case 405: return "Method Not Allowed";
+	case 409: return "Conflict";
+	case 413: return "Payload Too Large";
+	case 415: return "Unsupported Media Type";
+	case 500: return "Internal Server Error";
+	case 501: return "Not Implemented";
+	case 502: return "Bad Gateway";
+	case 503: return "Service Unavailable";
+	case 504: return "Gateway Timeout";
+	default: return "Unknown";
+	}
+}
+
+int
+response_send_fcgx(FCGX_Request *fcgx, const struct http_response *resp)
+{
+	struct strbuf head;
+	int rc = 0;
+
+	strbuf_init(&head);
+	strbuf_appendf(&head, "Status: %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n",
+		       resp->status, status_reason(resp->status), resp->body.len);
+	if (resp->headers.len > 0)
+		strbuf_append(&head, resp->headers.data, resp->headers.len);
+	strbuf_append(&head, "\r\n", 2);
+	if (strbuf_failed(&head) || strbuf_failed(&resp->headers) || strbuf_failed(&resp->body))
+		rc = -1;
+	else if (FCGX_PutStr(head.data, (int)head.len, fcgx->out) < 0)
+		rc = -1;
+	else if (resp->body.len > 0 && FCGX_PutStr(resp->body.data, (int)resp->body.len, fcgx->out) < 0)
+		rc = -1;
+	strbuf_free(&head, false);
+	return rc;
+}
+
+void
+response_free(struct http_response *resp)
+{
+	/* Response bodies hold query results: wipe them. */
+	strbuf_free(&resp->body, true);
+	strbuf_free(&resp->headers, false);
+}

@@ -1,0 +1,58 @@
+/*
+ * request.h - the HTTP request and response as the worker sees them,
+ * independent of FastCGI, so the request path is testable and the process
+ * model (threads, CGI) only has to fill and send these.
+ */
+#ifndef LB_REQUEST_H
+#define LB_REQUEST_H
+
+#include <stddef.h>
+#include <fcgiapp.h>
+
+#include "error.h"
+#include "strbuf.h"
+
+#define REQUEST_ID_MAX 64
+
+struct http_request {
+	const char *method;
+	char *path;               /* raw request path, no query string (owned) */
+	const char *query;        /* raw query string, "" if none */
+	const char *content_type; /* NULL if absent */
+	long content_length;      /* -1 if absent */
+	char *body;               /* NUL-terminated copy of the body, NULL if none (owned) */
+	size_t body_len;
+	char request_id[REQUEST_ID_MAX + 1];
+	/* CGI-style parameter lookup ("HTTP_X_FORWARDED_EMAIL"); NULL if absent. */
+	const char *(*param)(void *ctx, const char *name);
+	void *param_ctx;
+};
+
+struct http_response {
+	int status;
+	struct strbuf headers;    /* extra "Name: value\r\n" lines */
+	struct strbuf body;       /* JSON */
+};
+
+/* Looks up a request header by its HTTP name ("X-Forwarded-Email"). */
+const char *request_header(const struct http_request *req, const char *name);
+
+/*
+ * Fills req from a FastCGI request: path from REQUEST_URI (or SCRIPT_NAME +
+ * PATH_INFO), reads a body of at most max_body bytes (LB_ERR_PAYLOAD_TOO_LARGE
+ * beyond it, judged on CONTENT_LENGTH before reading), takes X-Request-Id if
+ * it is sane or generates one.
+ */
+int request_from_fcgx(FCGX_Request *fcgx, long max_body, struct http_request *req,
+		      struct lb_error *err);
+void request_free(struct http_request *req);
+
+void response_init(struct http_response *resp);
+void response_add_header(struct http_response *resp, const char *name, const char *value);
+int response_send_fcgx(FCGX_Request *fcgx, const struct http_response *resp);
+void response_free(struct http_response *resp);
+
+/* A fresh random request id (32 hex chars). buf has REQUEST_ID_MAX+1 bytes. */
+void request_generate_id(char *buf);
+
+#endif

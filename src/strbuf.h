@@ -1,0 +1,31 @@
+/*
+ * strbuf.h - a growable byte buffer: the only way the project assembles
+ * variable-length text (bodies, conninfo strings, URLs). Every append checks
+ * its length; on allocation failure the buffer is marked failed and further
+ * appends are no-ops, so callers check once at the end with strbuf_failed().
+ */
+#ifndef LB_STRBUF_H
+#define LB_STRBUF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct strbuf {
+	char *data;     /* always NUL-terminated when len > 0 or after init */
+	size_t len;
+	size_t cap;
+	bool failed;
+};
+
+void strbuf_init(struct strbuf *sb);
+void strbuf_append(struct strbuf *sb, const void *data, size_t len);
+void strbuf_append_str(struct strbuf *sb, const char *s);
+void strbuf_appendf(struct strbuf *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+bool strbuf_failed(const struct strbuf *sb);
+void strbuf_reset(struct strbuf *sb);        /* len = 0, keeps memory */
+/* Takes ownership of the data (caller frees); the buffer is re-initialised. */
+char *strbuf_detach(struct strbuf *sb, size_t *len);
+/* Frees; wipe=true cleanses the bytes first (for buffers that held secrets). */
+void strbuf_free(struct strbuf *sb, bool wipe);
+
+#endif

@@ -1,0 +1,491 @@
+/*
+ * worker.c - the request path, and the per-process state it shares.
+ *
+ * worker_handle() reads top to bottom: health endpoints, route, identity,
+ * parameters, a pooled connection, the SQL, the result, the response.
+ * Every failure becomes an lb_error; respond_error() is the one place that
+ * turns it into an HTTP answer, and log_request() the one place that logs
+ * the outcome.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "credential.h"
+#include "log.h"
+#include "params.h"
+#include "pool.h"
+#include "responder.h"
+#include "router.h"
+#include "worker.h"
+#include "workspace.h"
+
+/* How often the maintenance thread reaps idle connections. */
+#define MAINTENANCE_INTERVAL_MS 1000
+
+struct worker {
+	const struct lb_config *cfg;
+	struct workspace_client *ws;
+	struct credcache *creds;
+	struct pool *sp_pool;
+
+	pthread_t maintenance;
+	bool maintenance_started;
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	bool stopping;
+};
+
+/* What one request carries through the request path. */
+struct request_ctx {
+	struct worker *w;
+	struct http_request *req;
+	struct http_response *resp;
+	const struct route *route;
+	struct lb_error err;
+	long long started_ms;
+};
+
+static long long
+monotonic_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- credential sources for the pools ---- */
+
+static int
+sp_credential(void *ctx, struct credential *out, struct lb_error *err)
+{
+	struct worker *w = ctx;
+	struct identity id;
+
+	identity_sp(&id);
+	return credcache_acquire(w->creds, &id, out, err);
+}
+
+static void
+sp_auth_failed(void *ctx, const struct credential *cred)
+{
+	struct worker *w = ctx;
+	struct identity id;
+
+	identity_sp(&id);
+	credcache_invalidate(w->creds, &id, cred ? cred->token : NULL);
+}
+
+/* ---- maintenance: idle reaping off the request path ---- */
+
+static void *
+maintenance_main(void *arg)
+{
+	struct worker *w = arg;
+	struct timespec deadline;
+
+	pthread_mutex_lock(&w->lock);
+	while (!w->stopping) {
+		clock_gettime(CLOCK_MONOTONIC, &deadline);
+		deadline.tv_sec += MAINTENANCE_INTERVAL_MS / 1000;
+		pthread_cond_timedwait(&w->wake, &w->lock, &deadline);
+		if (w->stopping)
+			break;
+		pthread_mutex_unlock(&w->lock);
+		pool_reap(w->sp_pool);
+		pthread_mutex_lock(&w->lock);
+	}
+	pthread_mutex_unlock(&w->lock);
+	return NULL;
+}
+
+static int
+start_maintenance(struct worker *w, struct lb_error *err)
+{
+	pthread_condattr_t attr;
+
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&w->wake, &attr);
+	pthread_condattr_destroy(&attr);
+	pthread_mutex_init(&w->lock, NULL);
+	if (pthread_create(&w->maintenance, NULL, maintenance_main, w) != 0)
+		return lb_error_set(err, LB_ERR_INTERNAL, "Internal error.", "cannot start the maintenance thread");
+	w->maintenance_started = true;
+	return 0;
+}
+
+struct worker *
+worker_create(const struct lb_config *cfg, struct lb_error *err)
+{
+	struct worker *w = calloc(1, sizeof(*w));
+	struct pool_source sp_source;
+
+	if (w == NULL) {
+		lb_error_set(err, LB_ERR_INTERNAL, "Out of memory.", "worker allocation");
+		return NULL;
+	}
+	w->cfg = cfg;
+	w->ws = workspace_create(cfg, err);
+	if (w->ws == NULL)
+		goto fail;
+	w->creds = credcache_create(cfg, w->ws, err);
+	if (w->creds == NULL)
+		goto fail;
+	sp_source.get_credential = sp_credential;
+	sp_source.auth_failed = sp_auth_failed;
+	sp_source.ctx = w;
+	w->sp_pool = pool_create(cfg, &cfg->sp_pool, &sp_source, "sp");
+	if (w->sp_pool == NULL) {
+		lb_error_set(err, LB_ERR_INTERNAL, "Out of memory.", "service-principal pool");
+		goto fail;
+	}
+	if (start_maintenance(w, err) != 0)
+		goto fail;
+	return w;
+fail:
+	worker_destroy(w);
+	return NULL;
+}
+
+void
+worker_destroy(struct worker *w)
+{
+	if (w == NULL)
+		return;
+	if (w->maintenance_started) {
+		pthread_mutex_lock(&w->lock);
+		w->stopping = true;
+		pthread_cond_signal(&w->wake);
+		pthread_mutex_unlock(&w->lock);
+		pthread_join(w->maintenance, NULL);
+		pthread_cond_destroy(&w->wake);
+		pthread_mutex_destroy(&w->lock);
+	}
+	if (w->sp_pool != NULL)
+		pool_destroy(w->sp_pool);
+	if (w->creds != NULL)
+		credcache_destroy(w->creds);
+	if (w->ws != NULL)
+		workspace_destroy(w->ws);
+	free(w);
+}
+
+/* ---- responses ---- */
+
+static void
+respond_json(struct request_ctx *rc, int status)
+{
+	rc->resp->status = status;
+}
+
+static void
+respond_error(struct request_ctx *rc)
+{
+	struct http_response *resp = rc->resp;
+	char retry[16];
+
+	if (rc->err.code == LB_OK)
+		lb_error_set(&rc->err, LB_ERR_INTERNAL, "Internal error.", "error without a code");
+	resp->status = lb_errcode_http_status(rc->err.code);
+	strbuf_reset(&resp->body);
+	responder_error_json(&rc->err, rc->req->request_id, &resp->body);
+	if (rc->err.retry_after_s > 0) {
+		snprintf(retry, sizeof(retry), "%d", rc->err.retry_after_s);
+		response_add_header(resp, "Retry-After", retry);
+	}
+}
+
+static void
+log_request(struct request_ctx *rc)
+{
+	char status[8], duration[24];
+	bool failed = rc->resp->status >= 400;
+
+	snprintf(status, sizeof(status), "%d", rc->resp->status);
+	snprintf(duration, sizeof(duration), "%lld", monotonic_ms() - rc->started_ms);
+	log_event(rc->resp->status >= 500 ? LOG_LVL_WARN : LOG_LVL_INFO, "request",
+		  "request_id", rc->req->request_id,
+		  "method", rc->req->method,
+		  "route", rc->route ? rc->route->path : NULL,
+		  "auth", rc->route ? auth_mode_name(rc->route->auth) : NULL,
+		  "status", status,
+		  "duration_ms", duration,
+		  "error", failed ? lb_errcode_name(rc->err.code) : NULL,
+		  "sqlstate", failed && rc->err.sqlstate[0] ? rc->err.sqlstate : NULL,
+		  "detail", failed && rc->err.detail[0] ? rc->err.detail : NULL,
+		  (const char *)NULL);
+}
+
+/* ---- health ---- */
+
+static bool
+is_get(const struct http_request *req)
+{
+	return strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
+}
+
+/* Ready: the SP has a valid credential and a connection runs SELECT 1. */
+static int
+check_ready(struct request_ctx *rc)
+{
+	struct pool_conn *conn;
+	PGresult *res;
+	int rc_ok;
+
+	if (pool_acquire(rc->w->sp_pool, &conn, &rc->err) != 0)
+		return -1;
+	res = PQexec(pool_conn_pg(conn), "SELECT 1");
+	rc_ok = PQresultStatus(res) == PGRES_TUPLES_OK;
+	if (!rc_ok)
+		responder_pg_error(res, pool_conn_pg(conn), &rc->err);
+	PQclear(res);
+	pool_release(rc->w->sp_pool, conn, !rc_ok);
+	return rc_ok ? 0 : -1;
+}
+
+/* Answers the health endpoints; returns true if the request was one. */
+static bool
+handle_health(struct request_ctx *rc)
+{
+	const struct lb_config *cfg = rc->w->cfg;
+
+	if (!is_get(rc->req))
+		return false;
+	if (strcmp(rc->req->path, cfg->healthz_path) == 0) {
+		responder_object_json(&rc->resp->body, "status", "ok", (const char *)NULL);
+		respond_json(rc, 200);
+		return true;
+	}
+	if (strcmp(rc->req->path, cfg->readyz_path) == 0) {
+		if (check_ready(rc) == 0) {
+			responder_object_json(&rc->resp->body, "status", "ready", (const char *)NULL);
+			respond_json(rc, 200);
+		} else {
+			respond_error(rc);
+		}
+		return true;
+	}
+	return false;
+}
+
+/* ---- the request path ---- */
+
+static int
+match_route(struct request_ctx *rc, struct route_match *m)
+{
+	struct strbuf allow;
+	enum router_status st;
+
+	strbuf_init(&allow);
+	st = router_match(rc->w->cfg, rc->req->method, rc->req->path, m, &allow);
+	if (st == ROUTER_NOT_FOUND) {
+		strbuf_free(&allow, false);
+		return lb_error_set(&rc->err, LB_ERR_NOT_FOUND, "No such resource.", "no route for the path");
+	}
+	if (st == ROUTER_METHOD_NOT_ALLOWED) {
+		if (allow.len > 0 && !strbuf_failed(&allow))
+			response_add_header(rc->resp, "Allow", allow.data);
+		strbuf_free(&allow, false);
+		return lb_error_set(&rc->err, LB_ERR_METHOD_NOT_ALLOWED, "Method not allowed.",
+				    "method %s", rc->req->method);
+	}
+	strbuf_free(&allow, false);
+	rc->route = m->route;
+	return 0;
+}
+
+/* application/json, optionally with parameters ("; charset=utf-8"). */
+static bool
+is_json_content_type(const char *ct)
+{
+	size_t n = strlen("application/json");
+
+	if (ct == NULL || strncasecmp(ct, "application/json", n) != 0)
+		return false;
+	return ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ';
+}
+
+static int
+check_body(struct request_ctx *rc)
+{
+	if (!route_has_body_params(rc->route))
+		return 0;
+	if (rc->req->body == NULL || rc->req->body_len == 0)
+		return lb_error_set(&rc->err, LB_ERR_BAD_REQUEST, "The request body must be a JSON object.",
+				    "empty body");
+	if (!is_json_content_type(rc->req->content_type))
+		return lb_error_set(&rc->err, LB_ERR_UNSUPPORTED_MEDIA,
+				    "The request body must be application/json.", "content type %s",
+				    rc->req->content_type ? rc->req->content_type : "(none)");
+	return 0;
+}
+
+/* Sets the session's statement timeout only when it differs from the
+ * route's, so routes cost no extra round trip in the common case. A route
+ * without one (0) gets the server's default back. */
+static int
+apply_statement_timeout(struct request_ctx *rc, struct pool_conn *conn)
+{
+	int want = rc->route->statement_timeout_ms;
+	int have = pool_conn_statement_timeout(conn);
+	char value[24];
+	const char *values[1] = { value };
+	PGresult *res;
+	int ok;
+
+	if (have == want || (have < 0 && want == 0))
+		return 0;
+	if (want == 0) {
+		res = PQexec(pool_conn_pg(conn), "SET statement_timeout TO DEFAULT");
+	} else {
+		snprintf(value, sizeof(value), "%d", want);
+		res = PQexecParams(pool_conn_pg(conn),
+				   "SELECT pg_catalog.set_config('statement_timeout', $1, false)",
+				   1, NULL, values, NULL, NULL, 0);
+	}
+	ok = PQresultStatus(res) == PGRES_TUPLES_OK || PQresultStatus(res) == PGRES_COMMAND_OK;
+	if (!ok)
+		responder_pg_error(res, pool_conn_pg(conn), &rc->err);
+	PQclear(res);
+	if (!ok)
+		return -1;
+	pool_conn_set_statement_timeout(conn, want == 0 ? -1 : want);
+	return 0;
+}
+
+/* A reused connection the server closed under us: nothing ran, so the
+ * request may be retried once on a fresh connection. */
+static bool
+failed_before_running(const PGresult *res, PGconn *pg, const struct pool_conn *conn)
+{
+	const char *state;
+
+	if (pool_conn_is_fresh(conn))
+		return false;
+	if (PQstatus(pg) == CONNECTION_BAD && (res == NULL || PQresultStatus(res) == PGRES_FATAL_ERROR)) {
+		state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+		/* No SQLSTATE: the socket died; 57P01: terminated by an admin. */
+		return state == NULL || strcmp(state, "57P01") == 0 || strncmp(state, "08", 2) == 0;
+	}
+	return false;
+}
+
+/* Runs the route's SQL on `pool`; fills the response body on success. */
+static int
+execute_route(struct request_ctx *rc, struct pool *pool, const struct bound_params *bp)
+{
+	struct pool_conn *conn;
+	PGresult *res = NULL;
+	PGconn *pg;
+	int attempt, rcode = -1;
+	bool broken;
+
+	for (attempt = 0; attempt < 2; attempt++) {
+		if (pool_acquire(pool, &conn, &rc->err) != 0)
+			return -1;
+		pg = pool_conn_pg(conn);
+		if (apply_statement_timeout(rc, conn) != 0) {
+			bool retry = attempt == 0 && !pool_conn_is_fresh(conn) &&
+				     PQstatus(pg) != CONNECTION_OK;
+
+			pool_release(pool, conn, PQstatus(pg) != CONNECTION_OK);
+			if (retry)
+				continue;
+			return -1;
+		}
+		res = PQexecParams(pg, rc->route->sql, (int)bp->count, NULL,
+				   (const char *const *)bp->values, NULL, NULL, 0);
+		if (attempt == 0 && failed_before_running(res, pg, conn)) {
+			PQclear(res);
+			res = NULL;
+			pool_release(pool, conn, true);
+			log_info("retrying on a fresh connection", "request_id", rc->req->request_id);
+			continue;
+		}
+		break;
+	}
+	switch (PQresultStatus(res)) {
+	case PGRES_TUPLES_OK:
+	case PGRES_COMMAND_OK:
+		rcode = responder_result_json(res, rc->route, &rc->resp->body, &rc->err);
+		break;
+	default:
+		responder_pg_error(res, pg, &rc->err);
+		break;
+	}
+	broken = PQstatus(pg) != CONNECTION_OK;
+	PQclear(res);
+	pool_release(pool, conn, broken);
+	return rcode;
+}
+
+static int
+run_route(struct request_ctx *rc, const struct route_match *m)
+{
+	struct bound_params bp = { NULL, 0 };
+	int rcode;
+
+	if (rc->route->auth == AUTH_ON_BEHALF_OF_USER)
+		return lb_error_set(&rc->err, LB_ERR_NOT_IMPLEMENTED,
+				    "On-behalf-of-user routes are not available yet.", "auth mode not built");
+	if (check_body(rc) != 0)
+		return -1;
+	if (params_bind(rc->route, m->path_values, rc->req->query, rc->req->body, rc->req->body_len, &bp,
+			&rc->err) != 0)
+		return -1;
+	rcode = execute_route(rc, rc->w->sp_pool, &bp);
+	bound_params_free(&bp);
+	return rcode;
+}
+
+static void
+add_cache_headers(struct request_ctx *rc)
+{
+	const struct route *route = rc->route;
+
+	if (route != NULL && route->auth == AUTH_SERVICE_PRINCIPAL && route->cache_control != NULL &&
+	    rc->resp->status < 300)
+		response_add_header(rc->resp, "Cache-Control", route->cache_control);
+	else
+		response_add_header(rc->resp, "Cache-Control", "no-store");
+}
+
+void
+worker_handle(struct worker *w, struct http_request *req, struct http_response *resp)
+{
+	struct request_ctx rc = { .w = w, .req = req, .resp = resp, .started_ms = monotonic_ms() };
+	struct route_match m = { NULL, NULL };
+
+	response_add_header(resp, "X-Request-Id", req->request_id);
+	if (handle_health(&rc))
+		goto done;
+	if (match_route(&rc, &m) != 0 || run_route(&rc, &m) != 0) {
+		respond_error(&rc);
+		goto done;
+	}
+	respond_json(&rc, rc.route->result == RESULT_ONE && strcmp(req->method, "POST") == 0 ? 201 : 200);
+done:
+	add_cache_headers(&rc);
+	log_request(&rc);
+	route_match_free(&m);
+}
+
+void
+worker_reject(struct worker *w, struct http_request *req, const struct lb_error *err,
+	      struct http_response *resp)
+{
+	struct request_ctx rc = { .w = w, .req = req, .resp = resp, .started_ms = monotonic_ms() };
+
+	rc.err = *err;
+	response_add_header(resp, "X-Request-Id", req->request_id);
+	respond_error(&rc);
+	add_cache_headers(&rc);
+	log_request(&rc);
+}
