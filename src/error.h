@@ -33,6 +33,12 @@ enum lb_errcode {
 	LB_ERR__COUNT
 };
 
+/* The public message of LB_ERR_ROLE_MISSING, shared by every module that
+ * can detect a refused login; it points to the README section on roles. */
+#define LB_MSG_ROLE_MISSING \
+	"The database refused the login: the user needs a Postgres role in " \
+	"Lakebase (see README, \"Creating Lakebase roles\")."
+
 /* Whether a failure may succeed if tried again (drives retries). */
 enum lb_transience {
 	LB_PERMANENT = 0,

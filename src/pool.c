@@ -26,8 +26,6 @@
 
 #define MSG_UNAVAILABLE "The database is not available; try again shortly."
 #define MSG_POOL_EXHAUSTED "No database connection is available; try again shortly."
-#define MSG_ROLE_MISSING \
-	"The database refused the login: the user needs a Postgres role in Lakebase."
 
 struct pool_conn {
 	PGconn *pg;
@@ -52,6 +50,18 @@ struct pool {
 	struct pool_settings settings;
 	struct pool_source source;
 	char *label;
+	bool retired;             /* closes connections instead of keeping them */
+	struct conn_budget *budget;  /* NULL: no shared cap */
+	struct pool *budget_prev, *budget_next; /* the budget's pools, under its lock */
+};
+
+struct conn_budget {
+	pthread_mutex_t lock;
+	pthread_cond_t changed;   /* a unit was given back or a connection went idle */
+	int max;
+	int used;
+	int waiting;
+	struct pool *pools;       /* every pool sharing the budget */
 };
 
 static int64_t
@@ -195,7 +205,7 @@ set_connect_error(PGconn *pg, struct lb_error *err)
 		line = msg;
 	len = (int)strcspn(line, "\n");
 	if (strncmp(sqlstate, "28", 2) == 0) {
-		lb_error_set(err, LB_ERR_ROLE_MISSING, MSG_ROLE_MISSING, "%.*s", len, line);
+		lb_error_set(err, LB_ERR_ROLE_MISSING, LB_MSG_ROLE_MISSING, "%.*s", len, line);
 		if (err != NULL)
 			memcpy(err->sqlstate, sqlstate, sizeof(err->sqlstate));
 		return;
@@ -311,7 +321,7 @@ pool_connect(const struct lb_config *cfg, int connect_timeout_ms,
 
 struct pool *
 pool_create(const struct lb_config *cfg, const struct pool_settings *settings,
-	    const struct pool_source *source, const char *label)
+	    const struct pool_source *source, const char *label, struct conn_budget *budget)
 {
 	struct pool *pool;
 	pthread_condattr_t attr;
@@ -343,6 +353,15 @@ pool_create(const struct lb_config *cfg, const struct pool_settings *settings,
 		goto fail;
 	}
 	pthread_condattr_destroy(&attr);
+	pool->budget = budget;
+	if (budget != NULL) {
+		pthread_mutex_lock(&budget->lock);
+		pool->budget_next = budget->pools;
+		if (budget->pools != NULL)
+			budget->pools->budget_prev = pool;
+		budget->pools = pool;
+		pthread_mutex_unlock(&budget->lock);
+	}
 	return pool;
 fail:
 	free(pool->idle);
@@ -352,11 +371,10 @@ fail:
 }
 
 /*
- * May this pool open one more physical connection? Called with the lock
- * held. This is where the per-worker budget shared by all pools (per-user
- * pools, issue 3) plugs in: take a unit of the worker's budget, or evict
- * another pool's least recently used idle connection, or say no and let
- * the caller wait (then a slot freed in another pool must wake it too).
+ * May this pool reserve a slot for one more physical connection? Called
+ * with the lock held; only the pool's own max. The shared budget is taken
+ * after the lock is dropped (budget_take), keeping the lock order budget,
+ * then pool.
  */
 static bool
 may_open_connection(const struct pool *pool)
@@ -373,6 +391,175 @@ close_conn(const struct pool *pool, struct pool_conn *conn, const char *reason)
 	free(conn);
 }
 
+/* ---- the shared connection budget ---- */
+
+struct conn_budget *
+conn_budget_create(int max)
+{
+	struct conn_budget *b = calloc(1, sizeof(*b));
+	pthread_condattr_t attr;
+
+	if (b == NULL)
+		return NULL;
+	b->max = max;
+	pthread_mutex_init(&b->lock, NULL);
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&b->changed, &attr);
+	pthread_condattr_destroy(&attr);
+	return b;
+}
+
+void
+conn_budget_destroy(struct conn_budget *b)
+{
+	if (b == NULL)
+		return;
+	assert(b->pools == NULL && b->used == 0);
+	pthread_cond_destroy(&b->changed);
+	pthread_mutex_destroy(&b->lock);
+	free(b);
+}
+
+int
+conn_budget_used(struct conn_budget *b)
+{
+	int used;
+
+	pthread_mutex_lock(&b->lock);
+	used = b->used;
+	pthread_mutex_unlock(&b->lock);
+	return used;
+}
+
+/* n connections are gone. Never called with a pool lock held. */
+static void
+budget_give(struct conn_budget *b, int n)
+{
+	if (b == NULL || n <= 0)
+		return;
+	pthread_mutex_lock(&b->lock);
+	b->used -= n;
+	if (b->waiting > 0)
+		pthread_cond_broadcast(&b->changed);
+	pthread_mutex_unlock(&b->lock);
+}
+
+/* A connection went idle somewhere: a waiter may now evict it. */
+static void
+budget_notify(struct conn_budget *b)
+{
+	if (b == NULL)
+		return;
+	pthread_mutex_lock(&b->lock);
+	if (b->waiting > 0)
+		pthread_cond_broadcast(&b->changed);
+	pthread_mutex_unlock(&b->lock);
+}
+
+/*
+ * With the budget lock held: closes the least recently used idle connection
+ * of a pool other than `requester`. Returns true if one was closed (and its
+ * unit given back). The connection is closed under the budget lock so the
+ * pool it came from cannot be destroyed meanwhile; PQfinish on a healthy
+ * connection does not block.
+ */
+static bool
+budget_evict_locked(struct conn_budget *b, const struct pool *requester)
+{
+	struct pool *victim = NULL, *p;
+	struct pool_conn *conn = NULL;
+	int64_t oldest = INT64_MAX;
+
+	for (p = b->pools; p != NULL; p = p->budget_next) {
+		if (p == requester)
+			continue;
+		pthread_mutex_lock(&p->lock);
+		/* idle[0] is the pool's least recently used connection. */
+		if (p->nidle > 0 && p->idle[0]->last_used_ms < oldest) {
+			oldest = p->idle[0]->last_used_ms;
+			victim = p;
+		}
+		pthread_mutex_unlock(&p->lock);
+	}
+	if (victim == NULL)
+		return false;
+	pthread_mutex_lock(&victim->lock);
+	if (victim->nidle > 0) {
+		conn = victim->idle[0];
+		memmove(victim->idle, victim->idle + 1, (size_t)(victim->nidle - 1) * sizeof(*victim->idle));
+		victim->nidle--;
+		victim->open--;
+		pthread_cond_signal(&victim->changed);
+	}
+	pthread_mutex_unlock(&victim->lock);
+	if (conn == NULL)
+		return true;   /* it went busy meanwhile: look again */
+	close_conn(victim, conn, "evicted");
+	b->used--;
+	return true;
+}
+
+enum budget_take { BUDGET_TAKEN, BUDGET_RECHECK, BUDGET_TIMEOUT };
+
+/*
+ * Takes one unit for `pool`, evicting another pool's idle connection when
+ * the budget is spent. Gives up at `deadline`, or returns BUDGET_RECHECK
+ * when the pool itself got an idle connection meanwhile (use that instead).
+ */
+static enum budget_take
+budget_take(struct conn_budget *b, struct pool *pool, const struct timespec *deadline)
+{
+	enum budget_take result;
+	bool timed_out = false;
+	int own_idle;
+
+	pthread_mutex_lock(&b->lock);
+	for (;;) {
+		if (b->used < b->max) {
+			b->used++;
+			result = BUDGET_TAKEN;
+			break;
+		}
+		if (budget_evict_locked(b, pool))
+			continue;
+		pthread_mutex_lock(&pool->lock);
+		own_idle = pool->nidle;
+		pthread_mutex_unlock(&pool->lock);
+		if (own_idle > 0) {
+			result = BUDGET_RECHECK;
+			break;
+		}
+		if (timed_out) {
+			result = BUDGET_TIMEOUT;
+			break;
+		}
+		b->waiting++;
+		timed_out = pthread_cond_timedwait(&b->changed, &b->lock, deadline) != 0;
+		b->waiting--;
+	}
+	pthread_mutex_unlock(&b->lock);
+	return result;
+}
+
+static void
+budget_unregister(struct pool *pool)
+{
+	struct conn_budget *b = pool->budget;
+
+	if (b == NULL)
+		return;
+	pthread_mutex_lock(&b->lock);
+	if (pool->budget_prev != NULL)
+		pool->budget_prev->budget_next = pool->budget_next;
+	else
+		b->pools = pool->budget_next;
+	if (pool->budget_next != NULL)
+		pool->budget_next->budget_prev = pool->budget_prev;
+	pool->budget_prev = pool->budget_next = NULL;
+	pthread_mutex_unlock(&b->lock);
+}
+
 /* n physical connections are gone: update the count and wake waiters. */
 static int
 slots_freed(struct pool *pool, int n)
@@ -387,6 +574,7 @@ slots_freed(struct pool *pool, int n)
 	else if (n > 1)
 		pthread_cond_broadcast(&pool->changed);
 	pthread_mutex_unlock(&pool->lock);
+	budget_give(pool->budget, n);
 	return open;
 }
 
@@ -400,6 +588,7 @@ close_busy(struct pool *pool, struct pool_conn *conn, const char *reason)
 	pool->open--;
 	pthread_cond_signal(&pool->changed);
 	pthread_mutex_unlock(&pool->lock);
+	budget_give(pool->budget, 1);
 }
 
 /* Closes a list of detached connections, each with its reason. */
@@ -483,9 +672,10 @@ take_locked(struct pool *pool, const struct timespec *deadline, struct pool_conn
 	}
 }
 
-/* Opens a connection into a reserved slot. */
+/* Opens a connection into a reserved slot (and budget unit). */
 static int
-open_into_slot(struct pool *pool, struct pool_conn **out, struct lb_error *err)
+open_into_slot(struct pool *pool, const struct pool_source *source, struct pool_conn **out,
+	       struct lb_error *err)
 {
 	struct credential cred;
 	struct pool_conn *conn;
@@ -497,13 +687,13 @@ open_into_slot(struct pool *pool, struct pool_conn **out, struct lb_error *err)
 		lb_error_set(err, LB_ERR_INTERNAL, "Internal error.", "out of memory");
 		goto fail;
 	}
-	if (pool->source.get_credential(pool->source.ctx, &cred, err) != 0)
+	if (source->get_credential(source->ctx, &cred, err) != 0)
 		goto fail;
 	pg = pool_connect(pool->cfg, pool->settings.connect_timeout_ms, &cred, err);
 	if (pg == NULL) {
 		/* Let the credential layer drop a credential the server refused. */
-		if (err->code == LB_ERR_ROLE_MISSING && pool->source.auth_failed != NULL)
-			pool->source.auth_failed(pool->source.ctx, &cred);
+		if (err->code == LB_ERR_ROLE_MISSING && source->auth_failed != NULL)
+			source->auth_failed(source->ctx, &cred);
 		goto fail;
 	}
 	conn->pg = pg;
@@ -526,8 +716,35 @@ fail:
 	return -1;
 }
 
+/* Gives back a reserved slot that never got a budget unit. */
+static void
+slot_unreserved(struct pool *pool)
+{
+	pthread_mutex_lock(&pool->lock);
+	pool->open--;
+	pthread_cond_signal(&pool->changed);
+	pthread_mutex_unlock(&pool->lock);
+}
+
+static int
+acquire_timed_out(struct pool *pool, struct lb_error *err)
+{
+	lb_error_set(err, LB_ERR_UNAVAILABLE, MSG_POOL_EXHAUSTED,
+		     "pool %s: no connection within %d ms (max %d)",
+		     pool->label, pool->settings.acquire_timeout_ms, pool->settings.max);
+	mark_transient(err, NULL);
+	return -1;
+}
+
 int
 pool_acquire(struct pool *pool, struct pool_conn **out, struct lb_error *err)
+{
+	return pool_acquire_as(pool, NULL, out, err);
+}
+
+int
+pool_acquire_as(struct pool *pool, const struct pool_source *source, struct pool_conn **out,
+		struct lb_error *err)
 {
 	struct lb_error local;
 	struct timespec deadline;
@@ -537,6 +754,8 @@ pool_acquire(struct pool *pool, struct pool_conn **out, struct lb_error *err)
 
 	if (err == NULL)
 		err = &local;
+	if (source == NULL)
+		source = &pool->source;
 	lb_error_clear(err);
 	*out = NULL;
 	deadline_after_ms(&deadline, pool->settings.acquire_timeout_ms);
@@ -545,15 +764,19 @@ pool_acquire(struct pool *pool, struct pool_conn **out, struct lb_error *err)
 		took = take_locked(pool, &deadline, &conn);
 		pthread_mutex_unlock(&pool->lock);
 
-		if (took == TAKE_SLOT)
-			return open_into_slot(pool, out, err);
-		if (took == TAKE_TIMEOUT) {
-			lb_error_set(err, LB_ERR_UNAVAILABLE, MSG_POOL_EXHAUSTED,
-				     "pool %s: no connection within %d ms (max %d)",
-				     pool->label, pool->settings.acquire_timeout_ms,
-				     pool->settings.max);
-			mark_transient(err, NULL);
-			return -1;
+		if (took == TAKE_TIMEOUT)
+			return acquire_timed_out(pool, err);
+		if (took == TAKE_SLOT) {
+			switch (pool->budget ? budget_take(pool->budget, pool, &deadline) : BUDGET_TAKEN) {
+			case BUDGET_TAKEN:
+				return open_into_slot(pool, source, out, err);
+			case BUDGET_RECHECK:
+				slot_unreserved(pool);
+				continue;
+			case BUDGET_TIMEOUT:
+				slot_unreserved(pool);
+				return acquire_timed_out(pool, err);
+			}
 		}
 		problem = idle_conn_problem(conn);
 		if (problem == NULL) {
@@ -585,6 +808,8 @@ pool_release(struct pool *pool, struct pool_conn *conn, bool broken)
 	if (conn == NULL)
 		return;
 	problem = release_problem(conn, broken);
+	if (problem == NULL && pool->retired)
+		problem = "evicted";
 	if (problem != NULL) {
 		close_busy(pool, conn, problem);
 		return;
@@ -596,6 +821,7 @@ pool_release(struct pool *pool, struct pool_conn *conn, bool broken)
 	pool->busy--;
 	pthread_cond_signal(&pool->changed);
 	pthread_mutex_unlock(&pool->lock);
+	budget_notify(pool->budget);
 }
 
 PGconn *
@@ -683,10 +909,25 @@ pool_close_idle(struct pool *pool)
 }
 
 void
+pool_retire(struct pool *pool)
+{
+	struct pool_conn *list;
+
+	pthread_mutex_lock(&pool->lock);
+	pool->retired = true;
+	list = detach_idle_locked(pool, true);
+	pthread_mutex_unlock(&pool->lock);
+	for (struct pool_conn *c = list; c != NULL; c = c->next)
+		c->close_reason = "evicted";
+	close_detached(pool, list);
+}
+
+void
 pool_destroy(struct pool *pool)
 {
 	if (pool == NULL)
 		return;
+	budget_unregister(pool);
 	pool_close_idle(pool);
 	assert(pool->busy == 0 && pool->open == 0 && pool->waiting == 0);
 	pthread_cond_destroy(&pool->changed);

@@ -40,6 +40,21 @@ struct pool_source {
 struct pool;
 struct pool_conn;
 
+/*
+ * A per-worker budget of physical connections shared by several pools (the
+ * service principal's and every user's): max_connections. A pool that needs
+ * a new connection takes a unit; when none is left it closes the least
+ * recently used idle connection of another pool, or waits for one to become
+ * idle or closed, until its acquire deadline. Lock order: budget, then pool.
+ */
+struct conn_budget;
+
+struct conn_budget *conn_budget_create(int max);
+/* Destroy after every pool using it. */
+void conn_budget_destroy(struct conn_budget *budget);
+/* Physical connections currently counted (opening, open or closing). */
+int conn_budget_used(struct conn_budget *budget);
+
 struct pool_stats {
 	int open;      /* physical connections */
 	int idle;
@@ -47,13 +62,19 @@ struct pool_stats {
 	int waiting;   /* threads waiting in pool_acquire */
 };
 
-/* `label` names the pool in logs ("sp", or a user's hashed id); copied. */
+/* `label` names the pool in logs ("sp", or a user's hashed id); copied.
+ * `budget` may be NULL (the pool's own max is then the only cap). */
 struct pool *pool_create(const struct lb_config *cfg, const struct pool_settings *settings,
-			 const struct pool_source *source, const char *label);
+			 const struct pool_source *source, const char *label,
+			 struct conn_budget *budget);
 /* Closes every connection (waits for none: call when no thread uses it). */
 void pool_destroy(struct pool *pool);
 
 int pool_acquire(struct pool *pool, struct pool_conn **out, struct lb_error *err);
+/* The same, but a new physical connection takes its credential from `source`
+ * (per request: a user's pool logs in with the requesting token's credential). */
+int pool_acquire_as(struct pool *pool, const struct pool_source *source, struct pool_conn **out,
+		    struct lb_error *err);
 /* Returns a connection; broken=true closes it instead of keeping it idle. */
 void pool_release(struct pool *pool, struct pool_conn *conn, bool broken);
 
@@ -74,6 +95,9 @@ void pool_conn_set_statement_timeout(struct pool_conn *conn, int timeout_ms);
 int pool_reap(struct pool *pool);
 /* Closes all idle connections now (used at shutdown and by tests). */
 void pool_close_idle(struct pool *pool);
+/* No connection of this pool is handed out again: idle ones close now,
+ * busy ones when returned (a user's token was replaced by a newer one). */
+void pool_retire(struct pool *pool);
 
 void pool_get_stats(struct pool *pool, struct pool_stats *stats);
 

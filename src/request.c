@@ -24,21 +24,59 @@ fcgx_param(void *ctx, const char *name)
 	return FCGX_GetParam(name, fcgx->envp);
 }
 
-const char *
-request_header(const struct http_request *req, const char *name)
+/* Counts NAME=... entries: nginx passes a header sent twice (in any
+ * letter case) as two parameters, and FCGX_GetParam sees only the first. */
+static int
+fcgx_param_count(void *ctx, const char *name)
 {
-	char key[HEADER_NAME_MAX + sizeof("HTTP_")];
+	FCGX_Request *fcgx = ctx;
+	size_t n = strlen(name);
+	int count = 0;
+
+	for (char **e = fcgx->envp; e != NULL && *e != NULL; e++) {
+		if (strncmp(*e, name, n) == 0 && (*e)[n] == '=')
+			count++;
+	}
+	return count;
+}
+
+/* "X-Forwarded-Email" -> "HTTP_X_FORWARDED_EMAIL"; false if too long. */
+static bool
+header_param_name(const char *name, char *key, size_t keylen)
+{
 	size_t n = strlen(name);
 
-	if (n == 0 || n > HEADER_NAME_MAX || req->param == NULL)
-		return NULL;
+	if (n == 0 || n + 6 > keylen)
+		return false;
 	memcpy(key, "HTTP_", 5);
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)name[i];
 		key[5 + i] = c == '-' ? '_' : (char)toupper(c);
 	}
 	key[5 + n] = '\0';
+	return true;
+}
+
+const char *
+request_header(const struct http_request *req, const char *name)
+{
+	char key[HEADER_NAME_MAX + sizeof("HTTP_")];
+
+	if (req->param == NULL || !header_param_name(name, key, sizeof(key)))
+		return NULL;
 	return req->param(req->param_ctx, key);
+}
+
+int
+request_header_count(const struct http_request *req, const char *name)
+{
+	char key[HEADER_NAME_MAX + sizeof("HTTP_")];
+
+	if (!header_param_name(name, key, sizeof(key)))
+		return 0;
+	if (req->param_count != NULL)
+		return req->param_count(req->param_ctx, key);
+	return req->param != NULL && req->param(req->param_ctx, key) != NULL ? 1 : 0;
 }
 
 void
@@ -156,6 +194,7 @@ request_from_fcgx(FCGX_Request *fcgx, long max_body, struct http_request *req, s
 
 	memset(req, 0, sizeof(*req));
 	req->param = fcgx_param;
+	req->param_count = fcgx_param_count;
 	req->param_ctx = fcgx;
 	rid = FCGX_GetParam("HTTP_X_REQUEST_ID", fcgx->envp);
 	if (rid != NULL && request_id_is_sane(rid))

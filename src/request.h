@@ -25,6 +25,8 @@ struct http_request {
 	char request_id[REQUEST_ID_MAX + 1];
 	/* CGI-style parameter lookup ("HTTP_X_FORWARDED_EMAIL"); NULL if absent. */
 	const char *(*param)(void *ctx, const char *name);
+	/* How many times the parameter occurs (a header sent twice). */
+	int (*param_count)(void *ctx, const char *name);
 	void *param_ctx;
 };
 
@@ -36,6 +38,8 @@ struct http_response {
 
 /* Looks up a request header by its HTTP name ("X-Forwarded-Email"). */
 const char *request_header(const struct http_request *req, const char *name);
+/* How many times the header reached us (0, 1, or more if repeated). */
+int request_header_count(const struct http_request *req, const char *name);
 
 /*
  * Fills req from a FastCGI request: path from REQUEST_URI (or SCRIPT_NAME +

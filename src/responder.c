@@ -532,8 +532,7 @@ sqlstate_message(enum lb_errcode code, const char *sqlstate)
 {
 	switch (code) {
 	case LB_ERR_ROLE_MISSING:
-		return "The database refused the login: the user needs a Postgres role in "
-		    "Lakebase (see README, \"Creating Lakebase roles\").";
+		return LB_MSG_ROLE_MISSING;
 	case LB_ERR_FORBIDDEN:
 		return "Permission denied by the database.";
 	case LB_ERR_CONFLICT:

@@ -17,11 +17,13 @@
 #include <time.h>
 
 #include "credential.h"
+#include "identity.h"
 #include "log.h"
 #include "params.h"
 #include "pool.h"
 #include "responder.h"
 #include "router.h"
+#include "userpools.h"
 #include "worker.h"
 #include "workspace.h"
 
@@ -32,7 +34,9 @@ struct worker {
 	const struct lb_config *cfg;
 	struct workspace_client *ws;
 	struct credcache *creds;
+	struct conn_budget *budget;   /* max_connections, shared by every pool */
 	struct pool *sp_pool;
+	struct userpools *users;
 
 	pthread_t maintenance;
 	bool maintenance_started;
@@ -47,8 +51,18 @@ struct request_ctx {
 	struct http_request *req;
 	struct http_response *resp;
 	const struct route *route;
+	struct request_identity who;
 	struct lb_error err;
 	long long started_ms;
+};
+
+/* A connection checked out for one request: from the SP pool, or from the
+ * requesting user's pool. */
+struct checkout {
+	struct worker *w;
+	const struct identity *user;  /* NULL: the service principal */
+	struct pool_conn *conn;
+	struct user_lease lease;
 };
 
 static long long
@@ -99,6 +113,7 @@ maintenance_main(void *arg)
 			break;
 		pthread_mutex_unlock(&w->lock);
 		pool_reap(w->sp_pool);
+		userpools_reap(w->users);
 		pthread_mutex_lock(&w->lock);
 	}
 	pthread_mutex_unlock(&w->lock);
@@ -141,9 +156,11 @@ worker_create(const struct lb_config *cfg, struct lb_error *err)
 	sp_source.get_credential = sp_credential;
 	sp_source.auth_failed = sp_auth_failed;
 	sp_source.ctx = w;
-	w->sp_pool = pool_create(cfg, &cfg->sp_pool, &sp_source, "sp");
-	if (w->sp_pool == NULL) {
-		lb_error_set(err, LB_ERR_INTERNAL, "Out of memory.", "service-principal pool");
+	w->budget = conn_budget_create(cfg->max_connections);
+	w->sp_pool = w->budget ? pool_create(cfg, &cfg->sp_pool, &sp_source, "sp", w->budget) : NULL;
+	w->users = w->sp_pool ? userpools_create(cfg, w->creds, w->budget) : NULL;
+	if (w->users == NULL) {
+		lb_error_set(err, LB_ERR_INTERNAL, "Out of memory.", "connection pools");
 		goto fail;
 	}
 	if (start_maintenance(w, err) != 0)
@@ -168,8 +185,10 @@ worker_destroy(struct worker *w)
 		pthread_cond_destroy(&w->wake);
 		pthread_mutex_destroy(&w->lock);
 	}
+	userpools_destroy(w->users);
 	if (w->sp_pool != NULL)
 		pool_destroy(w->sp_pool);
+	conn_budget_destroy(w->budget);
 	if (w->creds != NULL)
 		credcache_destroy(w->creds);
 	if (w->ws != NULL)
@@ -377,35 +396,66 @@ failed_before_running(const PGresult *res, PGconn *pg, const struct pool_conn *c
 	return false;
 }
 
-/* Runs the route's SQL on `pool`; fills the response body on success. */
+/*
+ * Checks out a connection. A user whose login is refused gets one retry:
+ * the refused credential was dropped (auth_failed), so the retry mints a
+ * new one, since a stale credential looks the same as a missing role.
+ */
 static int
-execute_route(struct request_ctx *rc, struct pool *pool, const struct bound_params *bp)
+checkout_acquire(struct checkout *co, struct lb_error *err)
 {
-	struct pool_conn *conn;
+	if (co->user == NULL)
+		return pool_acquire(co->w->sp_pool, &co->conn, err);
+	if (userpools_acquire(co->w->users, co->user, &co->lease, err) != 0) {
+		if (err->code != LB_ERR_ROLE_MISSING)
+			return -1;
+		lb_error_clear(err);
+		if (userpools_acquire(co->w->users, co->user, &co->lease, err) != 0)
+			return -1;
+	}
+	co->conn = co->lease.conn;
+	return 0;
+}
+
+static void
+checkout_release(struct checkout *co, bool broken)
+{
+	if (co->user == NULL)
+		pool_release(co->w->sp_pool, co->conn, broken);
+	else
+		userpools_release(co->w->users, &co->lease, broken);
+	co->conn = NULL;
+}
+
+/* Runs the route's SQL on a checked-out connection; fills the response body
+ * on success. */
+static int
+execute_route(struct request_ctx *rc, struct checkout *co, const struct bound_params *bp)
+{
 	PGresult *res = NULL;
-	PGconn *pg;
+	PGconn *pg = NULL;
 	int attempt, rcode = -1;
 	bool broken;
 
 	for (attempt = 0; attempt < 2; attempt++) {
-		if (pool_acquire(pool, &conn, &rc->err) != 0)
+		if (checkout_acquire(co, &rc->err) != 0)
 			return -1;
-		pg = pool_conn_pg(conn);
-		if (apply_statement_timeout(rc, conn) != 0) {
-			bool retry = attempt == 0 && !pool_conn_is_fresh(conn) &&
+		pg = pool_conn_pg(co->conn);
+		if (apply_statement_timeout(rc, co->conn) != 0) {
+			bool retry = attempt == 0 && !pool_conn_is_fresh(co->conn) &&
 				     PQstatus(pg) != CONNECTION_OK;
 
-			pool_release(pool, conn, PQstatus(pg) != CONNECTION_OK);
+			checkout_release(co, PQstatus(pg) != CONNECTION_OK);
 			if (retry)
 				continue;
 			return -1;
 		}
 		res = PQexecParams(pg, rc->route->sql, (int)bp->count, NULL,
 				   (const char *const *)bp->values, NULL, NULL, 0);
-		if (attempt == 0 && failed_before_running(res, pg, conn)) {
+		if (attempt == 0 && failed_before_running(res, pg, co->conn)) {
 			PQclear(res);
 			res = NULL;
-			pool_release(pool, conn, true);
+			checkout_release(co, true);
 			log_info("retrying on a fresh connection", "request_id", rc->req->request_id);
 			continue;
 		}
@@ -422,7 +472,7 @@ execute_route(struct request_ctx *rc, struct pool *pool, const struct bound_para
 	}
 	broken = PQstatus(pg) != CONNECTION_OK;
 	PQclear(res);
-	pool_release(pool, conn, broken);
+	checkout_release(co, broken);
 	return rcode;
 }
 
@@ -430,31 +480,47 @@ static int
 run_route(struct request_ctx *rc, const struct route_match *m)
 {
 	struct bound_params bp = { NULL, 0 };
+	struct checkout co = { .w = rc->w };
 	int rcode;
 
-	if (rc->route->auth == AUTH_ON_BEHALF_OF_USER)
-		return lb_error_set(&rc->err, LB_ERR_NOT_IMPLEMENTED,
-				    "On-behalf-of-user routes are not available yet.", "auth mode not built");
+	if (identity_from_request(rc->w->cfg, rc->req, rc->route->auth, &rc->who, &rc->err) != 0)
+		return -1;
+	if (rc->who.id.kind == IDENTITY_USER)
+		co.user = &rc->who.id;
 	if (check_body(rc) != 0)
 		return -1;
 	if (params_bind(rc->route, m->path_values, rc->req->query, rc->req->body, rc->req->body_len, &bp,
 			&rc->err) != 0)
 		return -1;
-	rcode = execute_route(rc, rc->w->sp_pool, &bp);
+	rcode = execute_route(rc, &co, &bp);
 	bound_params_free(&bp);
 	return rcode;
 }
 
+/*
+ * A user's rows must never be stored by a shared cache (nginx
+ * fastcgi_cache, a CDN, a corporate proxy): every answer of an
+ * on-behalf-of-user route, errors included, is private and varies on the
+ * identity headers. SP routes may opt into caching.
+ */
 static void
 add_cache_headers(struct request_ctx *rc)
 {
 	const struct route *route = rc->route;
+	struct strbuf vary;
 
-	if (route != NULL && route->auth == AUTH_SERVICE_PRINCIPAL && route->cache_control != NULL &&
-	    rc->resp->status < 300)
+	if (route != NULL && route->auth == AUTH_ON_BEHALF_OF_USER) {
+		response_add_header(rc->resp, "Cache-Control", "private, no-store");
+		strbuf_init(&vary);
+		strbuf_appendf(&vary, "%s, %s", rc->w->cfg->email_header, rc->w->cfg->token_header);
+		if (!strbuf_failed(&vary))
+			response_add_header(rc->resp, "Vary", vary.data);
+		strbuf_free(&vary, false);
+	} else if (route != NULL && route->cache_control != NULL && rc->resp->status < 300) {
 		response_add_header(rc->resp, "Cache-Control", route->cache_control);
-	else
+	} else {
 		response_add_header(rc->resp, "Cache-Control", "no-store");
+	}
 }
 
 void
@@ -474,6 +540,7 @@ worker_handle(struct worker *w, struct http_request *req, struct http_response *
 done:
 	add_cache_headers(&rc);
 	log_request(&rc);
+	request_identity_free(&rc.who);
 	route_match_free(&m);
 }
 

@@ -1,0 +1,128 @@
+/*
+ * identity.c - extracts and checks the requesting user's identity headers
+ * (see identity.h).
+ */
+#include <ctype.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "identity.h"
+#include "log.h"
+
+/* PostgreSQL truncates longer role names (NAMEDATALEN - 1), which could
+ * make two emails one role: refuse them instead. */
+#define ROLE_NAME_MAX 63
+#define TOKEN_MAX 16384
+
+#define MSG_UNAUTHENTICATED "Authentication required: this resource needs the user's identity."
+
+/* Trimmed copy of a header value; NULL if absent or blank. */
+static char *
+trimmed_copy(const char *value)
+{
+	const char *end;
+	char *copy;
+
+	if (value == NULL)
+		return NULL;
+	while (*value == ' ' || *value == '\t')
+		value++;
+	end = value + strlen(value);
+	while (end > value && (end[-1] == ' ' || end[-1] == '\t'))
+		end--;
+	if (end == value)
+		return NULL;
+	copy = strndup(value, (size_t)(end - value));
+	return copy;
+}
+
+static bool
+is_printable_ascii(const char *s)
+{
+	for (; *s; s++) {
+		if ((unsigned char)*s < 0x21 || (unsigned char)*s > 0x7e)
+			return false;
+	}
+	return true;
+}
+
+/* Takes one identity header: present once, not blank. */
+static int
+take_header(const struct http_request *req, const char *name, char **out, struct lb_error *err)
+{
+	int count = request_header_count(req, name);
+
+	*out = NULL;
+	if (count > 1)
+		return lb_error_set(err, LB_ERR_BAD_REQUEST, "An identity header was sent more than once.",
+				    "header %s repeated %d times", name, count);
+	*out = trimmed_copy(request_header(req, name));
+	if (*out == NULL)
+		return lb_error_set(err, LB_ERR_UNAUTHENTICATED, MSG_UNAUTHENTICATED, "header %s missing or blank",
+				    name);
+	return 0;
+}
+
+static int
+check_values(const struct request_identity *ri, struct lb_error *err)
+{
+	size_t elen = strlen(ri->email);
+
+	if (elen > ROLE_NAME_MAX || !is_printable_ascii(ri->email) || strchr(ri->email, '@') == NULL)
+		return lb_error_set(err, LB_ERR_UNAUTHENTICATED, MSG_UNAUTHENTICATED,
+				    "email header is not a usable role name (%zu bytes)", elen);
+	if (strlen(ri->token) > TOKEN_MAX || !is_printable_ascii(ri->token))
+		return lb_error_set(err, LB_ERR_UNAUTHENTICATED, MSG_UNAUTHENTICATED,
+				    "access token header malformed");
+	return 0;
+}
+
+/* Development mode without user headers: serve as the SP, warn once. */
+static void
+warn_development_fallback(void)
+{
+	static atomic_bool warned = false;
+
+	if (!atomic_exchange(&warned, true))
+		log_warn("development mode: on-behalf-of-user request without identity headers served as the "
+			 "service principal; never enable identity.development_mode in production");
+}
+
+int
+identity_from_request(const struct lb_config *cfg, const struct http_request *req, enum auth_mode mode,
+		      struct request_identity *out, struct lb_error *err)
+{
+	memset(out, 0, sizeof(*out));
+	if (mode == AUTH_SERVICE_PRINCIPAL) {
+		identity_sp(&out->id);
+		return 0;
+	}
+	if (cfg->development_mode && request_header_count(req, cfg->email_header) == 0 &&
+	    request_header_count(req, cfg->token_header) == 0) {
+		warn_development_fallback();
+		identity_sp(&out->id);
+		out->development_fallback = true;
+		return 0;
+	}
+	if (take_header(req, cfg->email_header, &out->email, err) != 0 ||
+	    take_header(req, cfg->token_header, &out->token, err) != 0 || check_values(out, err) != 0) {
+		request_identity_free(out);
+		return -1;
+	}
+	identity_user(&out->id, out->email, out->token);
+	return 0;
+}
+
+void
+request_identity_free(struct request_identity *ri)
+{
+	free(ri->email);
+	if (ri->token != NULL) {
+		OPENSSL_cleanse(ri->token, strlen(ri->token));
+		free(ri->token);
+	}
+	memset(ri, 0, sizeof(*ri));
+}

@@ -1,0 +1,448 @@
+/*
+ * userpools.c - the per-user pool cache (see userpools.h).
+ *
+ * Entries live in a hash table keyed by (token fingerprint, email) and on
+ * an LRU list. An entry is pinned (refs) while a request uses its pool, and
+ * is freed only unpinned: a retired or evicted entry leaves the table at
+ * once but its pool is destroyed by whoever drops the last pin. Pools are
+ * destroyed outside the cache's lock, since that closes connections.
+ */
+#include <assert.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "userpools.h"
+
+#define MSG_TOO_MANY_USERS "Too many users are active right now; try again shortly."
+
+struct user_entry {
+	char *email;
+	unsigned char fp[TOKEN_FP_LEN];
+	struct pool *pool;
+	int refs;
+	bool proven;              /* a login with this token succeeded */
+	bool in_table;            /* false once retired or evicted */
+	int64_t last_used_ms;
+	struct user_entry *hnext;
+	struct user_entry *lru_prev, *lru_next; /* lru_head is the most recent */
+};
+
+struct userpools {
+	pthread_mutex_t lock;
+	const struct lb_config *cfg;
+	struct credcache *creds;
+	struct conn_budget *budget;
+	struct user_entry **buckets;
+	size_t nbuckets;          /* a power of two */
+	int count;
+	struct user_entry *lru_head, *lru_tail;
+};
+
+/* The credential source of one request: its identity, for new connections. */
+struct user_source {
+	struct credcache *creds;
+	const struct identity *id;
+};
+
+static int64_t
+monotonic_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int
+user_credential(void *ctx, struct credential *out, struct lb_error *err)
+{
+	struct user_source *src = ctx;
+
+	return credcache_acquire(src->creds, src->id, out, err);
+}
+
+static void
+user_auth_failed(void *ctx, const struct credential *cred)
+{
+	struct user_source *src = ctx;
+
+	credcache_invalidate(src->creds, src->id, cred ? cred->token : NULL);
+}
+
+/* The fingerprint is a SHA-256: its first bytes are already uniform. */
+static size_t
+bucket_of(const struct userpools *up, const unsigned char *fp)
+{
+	uint64_t h;
+
+	memcpy(&h, fp, sizeof(h));
+	return (size_t)(h & (up->nbuckets - 1));
+}
+
+/* ---- table and LRU list, all with the lock held ---- */
+
+static void
+lru_unlink(struct userpools *up, struct user_entry *e)
+{
+	if (e->lru_prev != NULL)
+		e->lru_prev->lru_next = e->lru_next;
+	else
+		up->lru_head = e->lru_next;
+	if (e->lru_next != NULL)
+		e->lru_next->lru_prev = e->lru_prev;
+	else
+		up->lru_tail = e->lru_prev;
+	e->lru_prev = e->lru_next = NULL;
+}
+
+static void
+lru_push_front(struct userpools *up, struct user_entry *e)
+{
+	e->lru_prev = NULL;
+	e->lru_next = up->lru_head;
+	if (up->lru_head != NULL)
+		up->lru_head->lru_prev = e;
+	up->lru_head = e;
+	if (up->lru_tail == NULL)
+		up->lru_tail = e;
+}
+
+static struct user_entry *
+table_find(struct userpools *up, const struct identity *id)
+{
+	struct user_entry *e = up->buckets[bucket_of(up, id->token_fp)];
+
+	for (; e != NULL; e = e->hnext) {
+		if (memcmp(e->fp, id->token_fp, TOKEN_FP_LEN) == 0 && strcmp(e->email, id->email) == 0)
+			return e;
+	}
+	return NULL;
+}
+
+/* Takes an entry out of the table and the LRU list; it stays allocated. */
+static void
+table_remove(struct userpools *up, struct user_entry *e)
+{
+	struct user_entry **pp = &up->buckets[bucket_of(up, e->fp)];
+
+	while (*pp != NULL && *pp != e)
+		pp = &(*pp)->hnext;
+	if (*pp == e)
+		*pp = e->hnext;
+	e->hnext = NULL;
+	lru_unlink(up, e);
+	e->in_table = false;
+	up->count--;
+}
+
+static void
+entry_free(struct user_entry *e)
+{
+	if (e == NULL)
+		return;
+	pool_destroy(e->pool);
+	free(e->email);
+	free(e);
+}
+
+static struct user_entry *
+entry_create(struct userpools *up, const struct identity *id)
+{
+	struct user_entry *e = calloc(1, sizeof(*e));
+	struct pool_source none = { NULL, NULL, NULL };
+	char label[32];
+
+	if (e == NULL)
+		return NULL;
+	e->email = strdup(id->email);
+	memcpy(e->fp, id->token_fp, TOKEN_FP_LEN);
+	/* The label names the pool in logs without the email (personal data). */
+	snprintf(label, sizeof(label), "user:%02x%02x%02x%02x", e->fp[0], e->fp[1], e->fp[2], e->fp[3]);
+	none.get_credential = user_credential; /* never used: every acquire passes its source */
+	e->pool = e->email ? pool_create(up->cfg, &up->cfg->user_pool, &none, label, up->budget) : NULL;
+	if (e->pool == NULL) {
+		free(e->email);
+		free(e);
+		return NULL;
+	}
+	return e;
+}
+
+/* Makes room for one more entry: drops the least recently used unpinned
+ * one. Returns it (to free outside the lock), or NULL if all are in use. */
+static struct user_entry *
+evict_lru_locked(struct userpools *up)
+{
+	for (struct user_entry *e = up->lru_tail; e != NULL; e = e->lru_prev) {
+		if (e->refs == 0) {
+			table_remove(up, e);
+			return e;
+		}
+	}
+	return NULL;
+}
+
+/* Finds or creates the entry and pins it. *victim receives an entry to
+ * free outside the lock. */
+static struct user_entry *
+pin_entry_locked(struct userpools *up, const struct identity *id, struct user_entry **victim,
+		 struct lb_error *err)
+{
+	struct user_entry *e = table_find(up, id);
+	size_t b;
+
+	if (e == NULL) {
+		if (up->count >= up->cfg->max_user_pools) {
+			*victim = evict_lru_locked(up);
+			if (*victim == NULL) {
+				lb_error_set(err, LB_ERR_UNAVAILABLE, MSG_TOO_MANY_USERS,
+					     "all %d user pools are in use", up->cfg->max_user_pools);
+				err->transience = LB_TRANSIENT;
+				err->retry_after_s = 1;
+				return NULL;
+			}
+		}
+		e = entry_create(up, id);
+		if (e == NULL) {
+			lb_error_set(err, LB_ERR_INTERNAL, "Internal error.", "out of memory for a user pool");
+			return NULL;
+		}
+		b = bucket_of(up, e->fp);
+		e->hnext = up->buckets[b];
+		up->buckets[b] = e;
+		e->in_table = true;
+		up->count++;
+	} else {
+		lru_unlink(up, e);
+	}
+	lru_push_front(up, e);
+	e->refs++;
+	e->last_used_ms = monotonic_ms();
+	return e;
+}
+
+/* Drops a pin; returns the entry if it must now be freed (outside the lock). */
+static struct user_entry *
+unpin_locked(struct userpools *up, struct user_entry *e)
+{
+	assert(e->refs > 0);
+	e->refs--;
+	if (e->refs > 0)
+		return NULL;
+	if (e->in_table && !e->proven)
+		table_remove(up, e);   /* never logged in (a bad token): do not keep it */
+	return e->in_table ? NULL : e;
+}
+
+/* Frees a list of entries chained through hnext (outside the lock). */
+static void
+free_list(struct user_entry *list)
+{
+	struct user_entry *next;
+
+	for (; list != NULL; list = next) {
+		next = list->hnext;
+		entry_free(list);
+	}
+}
+
+/* Drops the pins of `n` entries; frees those that are gone from the table. */
+static void
+unpin_all(struct userpools *up, struct user_entry **entries, int n)
+{
+	struct user_entry *dead = NULL, *e;
+
+	pthread_mutex_lock(&up->lock);
+	for (int i = 0; i < n; i++) {
+		e = unpin_locked(up, entries[i]);
+		if (e != NULL) {
+			e->hnext = dead;
+			dead = e;
+		}
+	}
+	pthread_mutex_unlock(&up->lock);
+	free_list(dead);
+}
+
+#define MAX_RETIRE_AT_ONCE 16
+
+/*
+ * The token of `e` is proven: retire the email's pools for other tokens.
+ * They leave the table at once; their idle connections close now (pinned
+ * here, so they cannot be freed meanwhile) and busy ones when returned.
+ */
+static void
+mark_proven(struct userpools *up, struct user_entry *e)
+{
+	struct user_entry *retire[MAX_RETIRE_AT_ONCE], *o, *next;
+	int n = 0;
+
+	pthread_mutex_lock(&up->lock);
+	if (e->proven || !e->in_table) {
+		pthread_mutex_unlock(&up->lock);
+		return;
+	}
+	e->proven = true;
+	for (o = up->lru_head; o != NULL && n < MAX_RETIRE_AT_ONCE; o = next) {
+		next = o->lru_next;
+		if (o == e || strcmp(o->email, e->email) != 0)
+			continue;
+		table_remove(up, o);
+		o->refs++;
+		retire[n++] = o;
+	}
+	pthread_mutex_unlock(&up->lock);
+	for (int i = 0; i < n; i++)
+		pool_retire(retire[i]->pool);
+	unpin_all(up, retire, n);
+}
+
+int
+userpools_acquire(struct userpools *up, const struct identity *id, struct user_lease *lease,
+		  struct lb_error *err)
+{
+	struct user_source src = { up->creds, id };
+	struct pool_source source = { user_credential, user_auth_failed, &src };
+	struct user_entry *e, *victim = NULL, *dead;
+
+	lease->entry = NULL;
+	lease->conn = NULL;
+	pthread_mutex_lock(&up->lock);
+	e = pin_entry_locked(up, id, &victim, err);
+	pthread_mutex_unlock(&up->lock);
+	entry_free(victim);
+	if (e == NULL)
+		return -1;
+	if (pool_acquire_as(e->pool, &source, &lease->conn, err) != 0) {
+		pthread_mutex_lock(&up->lock);
+		dead = unpin_locked(up, e);
+		pthread_mutex_unlock(&up->lock);
+		entry_free(dead);
+		return -1;
+	}
+	lease->entry = e;
+	if (!e->proven)
+		mark_proven(up, e);
+	return 0;
+}
+
+void
+userpools_release(struct userpools *up, struct user_lease *lease, bool broken)
+{
+	struct user_entry *e = lease->entry, *dead;
+
+	if (e == NULL)
+		return;
+	pool_release(e->pool, lease->conn, broken);
+	pthread_mutex_lock(&up->lock);
+	e->last_used_ms = monotonic_ms();
+	dead = unpin_locked(up, e);
+	pthread_mutex_unlock(&up->lock);
+	entry_free(dead);
+	lease->entry = NULL;
+	lease->conn = NULL;
+}
+
+/* Whether an unpinned entry without connections should leave the cache. */
+static bool
+is_expendable(const struct userpools *up, const struct user_entry *e, int64_t now_ms)
+{
+	struct pool_stats st;
+
+	if (e->refs > 0)
+		return false;
+	pool_get_stats(e->pool, &st);
+	if (st.open > 0)
+		return false;
+	return !e->proven || now_ms - e->last_used_ms >= up->cfg->user_pool_remove_after_ms;
+}
+
+void
+userpools_reap(struct userpools *up)
+{
+	struct user_entry **pinned, *e, *next, *dead = NULL;
+	int n = 0, cap;
+	int64_t now_ms;
+
+	/* Reap connections outside the lock, on pinned entries. */
+	pthread_mutex_lock(&up->lock);
+	cap = up->count;
+	pinned = cap > 0 ? calloc((size_t)cap, sizeof(*pinned)) : NULL;
+	for (e = up->lru_head; e != NULL && pinned != NULL && n < cap; e = e->lru_next) {
+		e->refs++;
+		pinned[n++] = e;
+	}
+	pthread_mutex_unlock(&up->lock);
+	for (int i = 0; i < n; i++)
+		pool_reap(pinned[i]->pool);
+	unpin_all(up, pinned, n);
+	free(pinned);
+
+	pthread_mutex_lock(&up->lock);
+	now_ms = monotonic_ms();
+	for (e = up->lru_head; e != NULL; e = next) {
+		next = e->lru_next;
+		if (is_expendable(up, e, now_ms)) {
+			table_remove(up, e);
+			e->hnext = dead;
+			dead = e;
+		}
+	}
+	pthread_mutex_unlock(&up->lock);
+	free_list(dead);
+}
+
+int
+userpools_count(struct userpools *up)
+{
+	int n;
+
+	pthread_mutex_lock(&up->lock);
+	n = up->count;
+	pthread_mutex_unlock(&up->lock);
+	return n;
+}
+
+struct userpools *
+userpools_create(const struct lb_config *cfg, struct credcache *creds, struct conn_budget *budget)
+{
+	struct userpools *up = calloc(1, sizeof(*up));
+
+	if (up == NULL)
+		return NULL;
+	up->cfg = cfg;
+	up->creds = creds;
+	up->budget = budget;
+	up->nbuckets = 64;
+	while (up->nbuckets < (size_t)cfg->max_user_pools * 2)
+		up->nbuckets *= 2;
+	up->buckets = calloc(up->nbuckets, sizeof(*up->buckets));
+	if (up->buckets == NULL) {
+		free(up);
+		return NULL;
+	}
+	pthread_mutex_init(&up->lock, NULL);
+	return up;
+}
+
+void
+userpools_destroy(struct userpools *up)
+{
+	struct user_entry *e, *next;
+
+	if (up == NULL)
+		return;
+	for (e = up->lru_head; e != NULL; e = next) {
+		next = e->lru_next;
+		assert(e->refs == 0);
+		entry_free(e);
+	}
+	pthread_mutex_destroy(&up->lock);
+	free(up->buckets);
+	free(up);
+}
