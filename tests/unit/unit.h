@@ -14,5 +14,6 @@ void register_params_tests(void);
 void register_responder_tests(void);
 void register_workspace_tests(void);
 void register_retry_tests(void);
+void register_identity_tests(void);
 
 #endif

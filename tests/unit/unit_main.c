@@ -23,6 +23,7 @@ main(void)
 	register_responder_tests();
 	register_workspace_tests();
 	register_retry_tests();
+	register_identity_tests();
 	CU_basic_set_mode(CU_BRM_NORMAL);
 	CU_basic_run_tests();
 	failed = CU_get_number_of_tests_failed();
