@@ -34,6 +34,8 @@ struct user_entry {
 
 struct userpools {
 	pthread_mutex_t lock;
+	pthread_cond_t unpinned;  /* an entry's last pin was dropped */
+	int waiting;
 	const struct lb_config *cfg;
 	struct credcache *creds;
 	struct conn_budget *budget;
@@ -187,26 +189,57 @@ evict_lru_locked(struct userpools *up)
 	return NULL;
 }
 
+/*
+ * At max_user_pools: drops the least recently used unpinned entry into
+ * *victim, waiting until `deadline` for one to be unpinned. Returns false
+ * on timeout. The identity's own entry may appear while we wait.
+ */
+static bool
+make_room_locked(struct userpools *up, const struct identity *id, const struct timespec *deadline,
+		 struct user_entry **victim)
+{
+	bool timed_out = false;
+
+	while (up->count >= up->cfg->max_user_pools && table_find(up, id) == NULL) {
+		*victim = evict_lru_locked(up);
+		if (*victim != NULL)
+			return true;
+		if (timed_out)
+			return false;
+		up->waiting++;
+		timed_out = pthread_cond_timedwait(&up->unpinned, &up->lock, deadline) != 0;
+		up->waiting--;
+	}
+	return true;
+}
+
 /* Finds or creates the entry and pins it. *victim receives an entry to
  * free outside the lock. */
 static struct user_entry *
 pin_entry_locked(struct userpools *up, const struct identity *id, struct user_entry **victim,
 		 struct lb_error *err)
 {
-	struct user_entry *e = table_find(up, id);
+	struct user_entry *e;
+	struct timespec deadline;
 	size_t b;
 
+	clock_gettime(CLOCK_MONOTONIC, &deadline);
+	deadline.tv_sec += up->cfg->user_pool.acquire_timeout_ms / 1000;
+	deadline.tv_nsec += (long)(up->cfg->user_pool.acquire_timeout_ms % 1000) * 1000000L;
+	if (deadline.tv_nsec >= 1000000000L) {
+		deadline.tv_sec++;
+		deadline.tv_nsec -= 1000000000L;
+	}
+	if (!make_room_locked(up, id, &deadline, victim)) {
+		lb_error_set(err, LB_ERR_UNAVAILABLE, MSG_TOO_MANY_USERS,
+			     "all %d user pools stayed in use for %d ms", up->cfg->max_user_pools,
+			     up->cfg->user_pool.acquire_timeout_ms);
+		err->transience = LB_TRANSIENT;
+		err->retry_after_s = 1;
+		return NULL;
+	}
+	e = table_find(up, id);
 	if (e == NULL) {
-		if (up->count >= up->cfg->max_user_pools) {
-			*victim = evict_lru_locked(up);
-			if (*victim == NULL) {
-				lb_error_set(err, LB_ERR_UNAVAILABLE, MSG_TOO_MANY_USERS,
-					     "all %d user pools are in use", up->cfg->max_user_pools);
-				err->transience = LB_TRANSIENT;
-				err->retry_after_s = 1;
-				return NULL;
-			}
-		}
 		e = entry_create(up, id);
 		if (e == NULL) {
 			lb_error_set(err, LB_ERR_INTERNAL, "Internal error.", "out of memory for a user pool");
@@ -234,6 +267,8 @@ unpin_locked(struct userpools *up, struct user_entry *e)
 	e->refs--;
 	if (e->refs > 0)
 		return NULL;
+	if (up->waiting > 0)
+		pthread_cond_broadcast(&up->unpinned);
 	if (e->in_table && !e->proven)
 		table_remove(up, e);   /* never logged in (a bad token): do not keep it */
 	return e->in_table ? NULL : e;
@@ -427,6 +462,14 @@ userpools_create(const struct lb_config *cfg, struct credcache *creds, struct co
 		return NULL;
 	}
 	pthread_mutex_init(&up->lock, NULL);
+	{
+		pthread_condattr_t attr;
+
+		pthread_condattr_init(&attr);
+		pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+		pthread_cond_init(&up->unpinned, &attr);
+		pthread_condattr_destroy(&attr);
+	}
 	return up;
 }
 
@@ -442,6 +485,7 @@ userpools_destroy(struct userpools *up)
 		assert(e->refs == 0);
 		entry_free(e);
 	}
+	pthread_cond_destroy(&up->unpinned);
 	pthread_mutex_destroy(&up->lock);
 	free(up->buckets);
 	free(up);

@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# test_user_caps.sh - the per-user pool cache under its bounds, watched from
+# pg_stat_activity: 20 users in parallel against max_connections 4, idle
+# close at the configured time, and credentials expiring mid-traffic.
+# Needs the running stack (scripts/stack.sh start). Adds 20 roles and rows
+# and restarts the emulator and the worker; removes and restores all of it
+# at the end.
+set -uo pipefail
+# shellcheck source=tests/integration/lib.sh
+source "$(dirname "$0")/lib.sh"
+# shellcheck source=tests/integration/user_lib.sh
+source "$(dirname "$0")/user_lib.sh"
+
+ALICE=alice@example.com
+NUSERS=20
+ROUNDS=5
+CAP=4
+
+mapfile -t NUMS < <(seq -f '%02g' 1 "$NUSERS")
+user_email() { echo "user$1@example.com"; }
+user_token() { echo "user$1-token-1"; }
+user_row_id() { echo "00000000-0000-4000-8000-0000000010$1"; }
+# The test roles among pg_roles.
+count_user_roles() {
+	local list
+	list=$(for n in "${NUMS[@]}"; do printf "'%s'," "$(user_email "$n")"; done)
+	pg_admin_sql "SELECT count(*) FROM pg_roles WHERE rolname IN (${list%,})"
+}
+user_json() {
+	printf '[{"id":"%s","title":"%s user%s","done":false,"owner":"%s"}]' \
+		"$(user_row_id "$1")" "$USERS_TITLE_PREFIX" "$1" "$(user_email "$1")"
+}
+
+# drop_users: the 20 roles and their rows (idempotent).
+drop_users() {
+	local n
+	{
+		echo "DELETE FROM app.todos WHERE title LIKE '$USERS_TITLE_PREFIX%';"
+		for n in "${NUMS[@]}"; do
+			printf 'SELECT format(%s, r, r) FROM (VALUES (%s)) v(r) WHERE EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r)\n\\gexec\n' \
+				"'DROP OWNED BY %I; DROP ROLE %I'" "'$(user_email "$n")'"
+		done
+	} | pg_admin_psql -q >/dev/null
+}
+
+# pg_log_max_sessions MARK: the most worker sessions open at once, replaying
+# the PostgreSQL log after MARK (logins and disconnections, per backend pid).
+pg_log_max_sessions() {
+	log_since "$USERS_PG_LOG" "$1" | awk -v app="$USERS_APP" '
+		function pid() { match($0, /\[[0-9]+\]/); return substr($0, RSTART + 1, RLENGTH - 2) }
+		index($0, "connection authorized: ") && index($0, "application_name=" app " ") {
+			open[pid()] = 1; if (++n > max) max = n; next }
+		index($0, "/" app " LOG:  disconnection: ") { p = pid(); if (p in open) { delete open[p]; n-- } }
+		END { print max + 0 }'
+}
+
+# sampler_start OUT: one count of the worker's connections per line in OUT,
+# every ~50 ms, on one admin session, until OUT.stop exists (at most 60 s).
+sampler_start() {
+	local out=$1
+	rm -f "$out.stop"
+	(
+		for ((i = 0; i < 1200; i++)); do
+			[[ -e $out.stop ]] && break
+			echo "SELECT count(*) FROM pg_stat_activity WHERE application_name = '$USERS_APP';"
+			sleep 0.05
+		done | pg_admin_psql -At >"$out" 2>"$out.err"
+	) &
+	SAMPLER_PID=$!
+	wait_for "[[ -s '$out' ]]" 10
+}
+
+sampler_stop() {
+	touch "$1.stop"
+	wait_for "! kill -0 $SAMPLER_PID" 10
+	wait "$SAMPLER_PID" 2>/dev/null
+}
+
+# --- setup: 20 users with a role, a token and one row each ---------------------------
+
+test_setup() {
+	local n emu_cfg=$IT_TMP/emulator-users.json users_json
+	drop_users
+	for n in "${NUMS[@]}"; do
+		pg_admin_psql -q -v email="$(user_email "$n")" -v local=1 \
+			-f "$STACK_REPO/sql/create_user_role.sql" >/dev/null || return
+	done
+	{
+		echo 'INSERT INTO app.todos (id, title, owner) VALUES'
+		for n in "${NUMS[@]}"; do
+			printf "  ('%s', '%s user%s', '%s')%s\n" "$(user_row_id "$n")" "$USERS_TITLE_PREFIX" "$n" \
+				"$(user_email "$n")" "$([[ $n == "${NUMS[-1]}" ]] && echo ';' || echo ',')"
+		done
+	} | pg_admin_psql -q >/dev/null || return
+	expect_eq "$(count_user_roles)" "$NUSERS" "$NUSERS roles"
+	# The normal emulator config plus the 20 users.
+	users_json=$(for n in "${NUMS[@]}"; do
+		jq -n --arg e "$(user_email "$n")" --arg t "$(user_token "$n")" '{email: $e, tokens: [$t]}'
+	done | jq -s .)
+	emulator_config "$IT_TMP/emulator-base.json"
+	jq --argjson u "$users_json" '.users += $u' "$IT_TMP/emulator-base.json" >"$emu_cfg" || return
+	users_emulator_restart "$emu_cfg"
+}
+run_test "setup: $NUSERS users (roles, tokens, one row each)" test_setup
+
+# --- caps ------------------------------------------------------------------------------
+
+test_caps() {
+	local cfg=$IT_TMP/worker-caps.json dir=$IT_TMP/burst samples=$IT_TMP/samples
+	local n r bad=0 max nsamples expected got pg_mark logmax
+	worker_config_with ".max_connections = $CAP
+		| .pool = ((.pool // {}) + {max: 2, acquire_timeout_ms: 10000})
+		| .user_pool = ((.user_pool // {}) + {max: 1, acquire_timeout_ms: 10000})" "$cfg" || return
+	users_worker_restart "$cfg" || return
+	pg_mark=$(log_mark "$USERS_PG_LOG")
+	mkdir -p "$dir"
+	sampler_start "$samples" || { _assert_result 1 "sampler running" "$(cat "$samples.err")"; return 1; }
+	# Round-major, so 20 different users are in flight at once; a few SP
+	# requests share the budget. Each curl is bounded; so is the whole.
+	# shellcheck disable=SC2016 # the inner script's $0..$2 are xargs' arguments
+	for ((r = 1; r <= ROUNDS; r++)); do
+		for n in "${NUMS[@]}"; do echo "$n $r"; done
+		echo "sp $r"
+	done | BURST_URL=$LAKEBASE_URL timeout 120 xargs -P "$NUSERS" -L 1 sh -c '
+		if [ "$1" = sp ]; then
+			curl -sS --max-time 30 -o "$0/sp.$2" -w "sp $2 %{http_code}\n" "$BURST_URL/api/todos?limit=500"
+		else
+			curl -sS --max-time 30 -o "$0/$1.$2" -w "$1 $2 %{http_code}\n" \
+				-H "X-Forwarded-Email: user$1@example.com" -H "X-Forwarded-Access-Token: user$1-token-1" \
+				"$BURST_URL/api/my/todos"
+		fi' "$dir" >"$dir/statuses" 2>"$dir/errors"
+	sampler_stop "$samples"
+
+	expect_eq "$(wc -l <"$dir/statuses")" $(((NUSERS + 1) * ROUNDS)) "every request answered"
+	expect_eq "$(awk '$3 != 200' "$dir/statuses" | wc -l)" 0 "every request 200 (non-200: $(awk '$3 != 200 { printf "%s ", $0 }' "$dir/statuses"))"
+	for n in "${NUMS[@]}"; do
+		expected=$(user_json "$n")
+		for ((r = 1; r <= ROUNDS; r++)); do
+			got=$(cat "$dir/$n.$r" 2>/dev/null)
+			if [[ $got != "$expected" ]]; then
+				bad=$((bad + 1))
+				printf '       user%s round %s: %s\n' "$n" "$r" "${got:0:200}"
+			fi
+		done
+	done
+	expect_eq "$bad" 0 "each user saw exactly their own row"
+	max=$(sort -n "$samples" | tail -n 1)
+	nsamples=$(wc -l <"$samples")
+	printf '       %s samples of pg_stat_activity, max %s worker connections\n' "$nsamples" "$max"
+	expect_ge "$nsamples" 5 "the sampler ran during the burst"
+	expect_ge "${max:-0}" 1 "the sampler saw the worker's connections"
+	expect_le "${max:-999}" "$CAP" "pg_stat_activity never showed more than $CAP of the worker's connections"
+	logmax=$(pg_log_max_sessions "$pg_mark")
+	printf '       PostgreSQL log: at most %s worker sessions at once, %s logins\n' "$logmax" \
+		"$(log_since "$USERS_PG_LOG" "$pg_mark" | grep -c "connection authorized: .*application_name=$USERS_APP ")"
+	expect_le "$logmax" "$CAP" "the PostgreSQL log never had more than $CAP worker sessions open at once"
+	# The connections' credentials stay cached: one mint per user.
+	expect_eq "$(emu_counter "[.mints | to_entries[] | select(.key | test(\"^user[0-9]+@\")) | .value] | (length|tostring) + \" users, max \" + (max|tostring)")" \
+		"$NUSERS users, max 1" "one mint per user"
+	expect_le "$(pg_count_worker_conns)" "$CAP" "at most $CAP connections after the burst"
+}
+run_test "caps: $NUSERS users in parallel, max_connections $CAP, never more in pg_stat_activity" test_caps
+
+# --- idle close ------------------------------------------------------------------------
+
+test_idle_close() {
+	local cfg=$IT_TMP/worker-idle.json t0 gone_ms pids
+	worker_config_with '.user_pool = ((.user_pool // {}) + {idle_timeout_ms: 1500}) | .user_pool_remove_after_ms = 3000' "$cfg" || return
+	users_worker_restart "$cfg" || return
+	as_user GET /api/my/todos "$ALICE" alice-token-1
+	t0=$EPOCHREALTIME
+	expect_status 200 || return
+	expect_body "$SEED_ALICE_JSON"
+	pids=$(pg_worker_pids "$ALICE")
+	[[ -n $pids ]] || { _assert_result 1 "alice's connection open right after the request" "none"; return 1; }
+	if wait_for "[[ -z \$(pg_worker_pids '$ALICE') ]]" 6; then
+		gone_ms=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%d", (b - a) * 1000 }')
+		printf '       alice connection %s closed after %s ms (idle_timeout_ms 1500, reaper every 1 s)\n' "$pids" "$gone_ms"
+		expect_ge "$gone_ms" 1300 "not closed before the idle timeout"
+		expect_le "$gone_ms" 4000 "closed within idle timeout + reaper slack"
+	else
+		_assert_result 1 "alice's idle connection closed within 6 s" "still open: $(pg_worker_pids "$ALICE")"
+	fi
+	# After the pool's removal time (not visible from outside), alice is
+	# served again on a new login with her cached credential: no mint.
+	local mints
+	mints=$(emu_counter ".mints[\"$ALICE\"] // 0")
+	sleep 2 # past user_pool_remove_after_ms (3 s) since the last use; nothing to poll for
+	as_user GET /api/my/todos "$ALICE" alice-token-1
+	expect_status 200
+	expect_body "$SEED_ALICE_JSON"
+	expect_eq "$(emu_counter ".mints[\"$ALICE\"] // 0")" "$mints" "no new mint after the pool was removed"
+	expect_eq "$(pg_worker_pids "$ALICE" | wc -w)" 1 "one new connection for alice"
+}
+run_test "idle close: alice's connection closes ~idle_timeout_ms after use" test_idle_close
+
+# --- credential expiry mid-traffic ---------------------------------------------------------------
+
+test_expiry_mid_traffic() {
+	local cfg=$IT_TMP/worker-expiry.json mints0 mints1 total=0 failed=0 end
+	emu_set_config '{"credential_lifetime_s": 6}' || return
+	_USERS_EMU_CHANGED=1
+	worker_config_with '.credentials = ((.credentials // {}) + {refresh_margin_ms: 2000})' "$cfg" || return
+	users_worker_restart "$cfg" || return
+	mints0=$(emu_counter ".mints[\"$ALICE\"] // 0")
+	end=$((SECONDS + 15))
+	while ((SECONDS < end && total < 2000)); do
+		as_user GET /api/my/todos "$ALICE" alice-token-1
+		total=$((total + 1))
+		if [[ $HTTP_STATUS != 200 || $HTTP_BODY != "$SEED_ALICE_JSON" ]]; then
+			failed=$((failed + 1))
+			printf '       request %s: %s %s\n' "$RID" "$HTTP_STATUS" "${HTTP_BODY:0:200}"
+		fi
+		sleep 0.1 # pacing: traffic spread over several credential lifetimes
+	done
+	mints1=$(emu_counter ".mints[\"$ALICE\"] // 0")
+	printf '       %s requests over 15 s, %s alice mints (lifetime 6 s)\n' "$total" "$((mints1 - mints0))"
+	expect_eq "$failed" 0 "no failed request"
+	expect_ge "$((mints1 - mints0))" 3 "alice's credential was refreshed (>= 2 refreshes after the first mint)"
+	emu_set_config '{"credential_lifetime_s": 3600}'
+}
+run_test "credential expiry mid-traffic (lifetime 6 s): no failed request" test_expiry_mid_traffic
+
+# --- back to normal --------------------------------------------------------------------------
+
+test_restore() {
+	users_restore || return
+	drop_users
+	expect_eq "$(count_user_roles)" 0 "test roles dropped"
+	expect_eq "$(emu_counter '.mints | has("user01@example.com")')" false "normal emulator config"
+	as_user GET /api/my/todos "$ALICE" alice-token-1
+	expect_status 200
+	expect_body "$SEED_ALICE_JSON"
+}
+run_test "normal emulator and worker restored, test users removed" test_restore
+
+summary
