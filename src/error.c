@@ -55,6 +55,20 @@ lb_error_clear(struct lb_error *err)
 		memset(err, 0, sizeof(*err));
 }
 
+int
+lb_error_fail(struct lb_error *err, enum lb_errcode code, enum lb_transience transience,
+	      const char *message, const char *detail)
+{
+	if (err == NULL)
+		return -1;
+	lb_error_clear(err);
+	lb_error_set(err, code, message, "%s", detail);
+	err->transience = transience;
+	if (code == LB_ERR_UNAVAILABLE)
+		err->retry_after_s = 5;
+	return -1;
+}
+
 const char *
 lb_errcode_name(enum lb_errcode code)
 {

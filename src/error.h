@@ -59,6 +59,11 @@ struct lb_error {
 int lb_error_set(struct lb_error *err, enum lb_errcode code, const char *message,
 		 const char *detail_fmt, ...) __attribute__((format(printf, 4, 5)));
 void lb_error_clear(struct lb_error *err);
+/* Clears err and fills every field (a fixed detail, transience, and for
+ * LB_ERR_UNAVAILABLE a 5 s Retry-After), so nothing stale leaks through.
+ * Returns -1. */
+int lb_error_fail(struct lb_error *err, enum lb_errcode code, enum lb_transience transience,
+		  const char *message, const char *detail);
 
 /* Stable code string for the JSON body ("invalid_parameter", ...). */
 const char *lb_errcode_name(enum lb_errcode code);

@@ -23,6 +23,7 @@
 #include <yajl/yajl_tree.h>
 
 #include "params.h"
+#include "textfmt.h"
 #include "router.h"     /* url_decode */
 
 /*
@@ -270,82 +271,13 @@ convert_uuid(const struct param_def *def, const char *text, struct lb_error *err
 	return out;
 }
 
-/* Reads exactly n digits at *p into *val and advances *p. */
-static bool
-read_digits(const char **p, int n, int *val)
-{
-	int v = 0;
-
-	for (int i = 0; i < n; i++) {
-		if (!is_digit((*p)[i]))
-			return false;
-		v = v * 10 + ((*p)[i] - '0');
-	}
-	*p += n;
-	*val = v;
-	return true;
-}
-
-static bool
-expect_char(const char **p, char c)
-{
-	if (**p != c)
-		return false;
-	(*p)++;
-	return true;
-}
-
-static int
-days_in_month(int year, int month)
-{
-	static const int days[] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
-	bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-
-	return month == 2 && leap ? 29 : days[month - 1];
-}
-
-/*
- * RFC 3339 date-time: YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM). 'T' and
- * 'Z' may be lower case (RFC 3339 5.6). Seconds may be 60 (leap second).
- * Year 0000 is refused: PostgreSQL has no year zero.
- */
+/* RFC 3339, as PostgreSQL's timestamptz input accepts it unambiguously. */
 static bool
 is_rfc3339(const char *s)
 {
-	int year, month, day, hour, minute, second, oh, om;
+	time_t t;
 
-	if (!read_digits(&s, 4, &year) || !expect_char(&s, '-') ||
-	    !read_digits(&s, 2, &month) || !expect_char(&s, '-') ||
-	    !read_digits(&s, 2, &day))
-		return false;
-	if (*s != 'T' && *s != 't')
-		return false;
-	s++;
-	if (!read_digits(&s, 2, &hour) || !expect_char(&s, ':') ||
-	    !read_digits(&s, 2, &minute) || !expect_char(&s, ':') ||
-	    !read_digits(&s, 2, &second))
-		return false;
-	if (*s == '.') {
-		s++;
-		if (!is_digit(*s))
-			return false;
-		while (is_digit(*s))
-			s++;
-	}
-	if (*s == 'Z' || *s == 'z') {
-		s++;
-	} else if (*s == '+' || *s == '-') {
-		s++;
-		if (!read_digits(&s, 2, &oh) || !expect_char(&s, ':') ||
-		    !read_digits(&s, 2, &om) || oh > 23 || om > 59)
-			return false;
-	} else {
-		return false;
-	}
-	if (*s != '\0')
-		return false;
-	return year >= 1 && month >= 1 && month <= 12 && day >= 1 &&
-	    day <= days_in_month(year, month) && hour <= 23 && minute <= 59 && second <= 60;
+	return parse_rfc3339(s, &t) == 0;
 }
 
 static char *
@@ -361,39 +293,6 @@ convert_timestamptz(const struct param_def *def, const char *text, struct lb_err
 	if (out == NULL)
 		out_of_memory(err);
 	return out;
-}
-
-/*
- * Length of the strict UTF-8 sequence starting s[0..len), len > 0: no
- * overlong forms, no surrogates, nothing above U+10FFFF. 0 if invalid.
- */
-static size_t
-utf8_sequence_len(const unsigned char *s, size_t len)
-{
-	unsigned char lo = 0x80, hi = 0xbf;
-	size_t n;
-
-	if (s[0] < 0x80)
-		return 1;
-	if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-		n = 2;
-	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-		n = 3;
-		lo = s[0] == 0xe0 ? 0xa0 : 0x80;
-		hi = s[0] == 0xed ? 0x9f : 0xbf;
-	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-		n = 4;
-		lo = s[0] == 0xf0 ? 0x90 : 0x80;
-		hi = s[0] == 0xf4 ? 0x8f : 0xbf;
-	} else {
-		return 0;
-	}
-	if (len < n || s[1] < lo || s[1] > hi)
-		return 0;
-	for (size_t k = 2; k < n; k++)
-		if (s[k] < 0x80 || s[k] > 0xbf)
-			return 0;
-	return n;
 }
 
 /* Code points in strict UTF-8 without NUL, or -1 if it is not that. */

@@ -16,6 +16,7 @@
 #include <yajl/yajl_parse.h>
 
 #include "responder.h"
+#include "textfmt.h"
 
 /* Built-in type OIDs (pg_type.h is a server header). */
 #define OID_BOOL	16
@@ -126,39 +127,6 @@ is_json_number(const char *s, size_t len)
 			s++;
 	}
 	return s == end;
-}
-
-/*
- * Length of the strict UTF-8 sequence starting s[0..len), len > 0: no
- * overlong forms, no surrogates, nothing above U+10FFFF. 0 if invalid.
- */
-static size_t
-utf8_sequence_len(const unsigned char *s, size_t len)
-{
-	unsigned char lo = 0x80, hi = 0xbf;
-	size_t n;
-
-	if (s[0] < 0x80)
-		return 1;
-	if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-		n = 2;
-	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-		n = 3;
-		lo = s[0] == 0xe0 ? 0xa0 : 0x80;
-		hi = s[0] == 0xed ? 0x9f : 0xbf;
-	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-		n = 4;
-		lo = s[0] == 0xf0 ? 0x90 : 0x80;
-		hi = s[0] == 0xf4 ? 0x8f : 0xbf;
-	} else {
-		return 0;
-	}
-	if (len < n || s[1] < lo || s[1] > hi)
-		return 0;
-	for (size_t k = 2; k < n; k++)
-		if (s[k] < 0x80 || s[k] > 0xbf)
-			return 0;
-	return n;
 }
 
 /* Length of the longest prefix of s that is whole, strict UTF-8. */

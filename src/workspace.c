@@ -27,6 +27,7 @@
 #include <yajl/yajl_tree.h>
 
 #include "log.h"
+#include "textfmt.h"
 #include "retry.h"
 #include "strbuf.h"
 #include "workspace.h"
@@ -112,21 +113,6 @@ curl_global_init_once(void)
 	curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
-/* Clears err and fills every field, so no stale transience leaks through. */
-static int
-ws_fail(struct lb_error *err, enum lb_errcode code, enum lb_transience transience,
-	const char *message, const char *detail)
-{
-	if (err == NULL)
-		return -1;
-	lb_error_clear(err);
-	lb_error_set(err, code, message, "%s", detail);
-	err->transience = transience;
-	if (code == LB_ERR_UNAVAILABLE)
-		err->retry_after_s = 5;
-	return -1;
-}
-
 /* Prefixes err->detail with `what` (the call), keeping the rest. */
 static void
 detail_prefix(struct lb_error *err, const char *what)
@@ -149,7 +135,7 @@ detail_prefix(struct lb_error *err, const char *what)
 static int
 oom(struct lb_error *err)
 {
-	return ws_fail(err, LB_ERR_INTERNAL, LB_PERMANENT, MSG_INTERNAL, "out of memory");
+	return lb_error_fail(err, LB_ERR_INTERNAL, LB_PERMANENT, MSG_INTERNAL, "out of memory");
 }
 
 static int64_t
@@ -330,7 +316,7 @@ parse_object(const char *body, size_t len, struct lb_error *err)
 
 	if (body == NULL || len == 0 || memchr(body, '\0', len) != NULL ||
 	    !json_is_acceptable(body, len)) {
-		ws_fail(err, LB_ERR_UPSTREAM, LB_PERMANENT, MSG_BAD_ANSWER, "answer is not JSON");
+		lb_error_fail(err, LB_ERR_UPSTREAM, LB_PERMANENT, MSG_BAD_ANSWER, "answer is not JSON");
 		return NULL;
 	}
 	text = malloc(len + 1);
@@ -344,12 +330,12 @@ parse_object(const char *body, size_t len, struct lb_error *err)
 	OPENSSL_cleanse(text, len);
 	free(text);
 	if (v == NULL) {
-		ws_fail(err, LB_ERR_UPSTREAM, LB_PERMANENT, MSG_BAD_ANSWER, "answer is not JSON");
+		lb_error_fail(err, LB_ERR_UPSTREAM, LB_PERMANENT, MSG_BAD_ANSWER, "answer is not JSON");
 		return NULL;
 	}
 	if (!YAJL_IS_OBJECT(v)) {
 		tree_free_wiped(v);
-		ws_fail(err, LB_ERR_UPSTREAM, LB_PERMANENT, MSG_BAD_ANSWER,
+		lb_error_fail(err, LB_ERR_UPSTREAM, LB_PERMANENT, MSG_BAD_ANSWER,
 			"answer is not a JSON object");
 		return NULL;
 	}
@@ -378,113 +364,7 @@ field_string(yajl_val obj, const char *name)
 static int
 bad_answer(struct lb_error *err, const char *what)
 {
-	return ws_fail(err, LB_ERR_UPSTREAM, LB_PERMANENT, MSG_BAD_ANSWER, what);
-}
-
-/* ------------------------------------------------------------------ */
-/* RFC 3339 */
-
-static bool
-take_digits(const char **p, int n, int *out)
-{
-	int v = 0;
-
-	for (int i = 0; i < n; i++) {
-		char c = (*p)[i];
-
-		if (c < '0' || c > '9')
-			return false;
-		v = v * 10 + (c - '0');
-	}
-	*p += n;
-	*out = v;
-	return true;
-}
-
-static bool
-take_char(const char **p, char c)
-{
-	if (**p != c)
-		return false;
-	(*p)++;
-	return true;
-}
-
-static int
-days_in_month(int year, int month)
-{
-	static const int days[] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
-	bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-
-	return month == 2 && leap ? 29 : days[month - 1];
-}
-
-/* Parses the zone: Z (or z), or +hh:mm / -hh:mm, into seconds east of UTC. */
-static bool
-take_zone(const char **p, long *offset_s)
-{
-	int sign, oh, om;
-
-	if (**p == 'Z' || **p == 'z') {
-		(*p)++;
-		*offset_s = 0;
-		return true;
-	}
-	if (**p != '+' && **p != '-')
-		return false;
-	sign = **p == '-' ? -1 : 1;
-	(*p)++;
-	if (!take_digits(p, 2, &oh) || !take_char(p, ':') || !take_digits(p, 2, &om))
-		return false;
-	if (oh > 23 || om > 59)
-		return false;
-	*offset_s = sign * (oh * 3600L + om * 60L);
-	return true;
-}
-
-int
-parse_rfc3339(const char *text, time_t *out)
-{
-	const char *p = text;
-	int year, mon, day, hour, min, sec;
-	long offset_s;
-	struct tm tm;
-
-	if (text == NULL)
-		return -1;
-	if (!take_digits(&p, 4, &year) || !take_char(&p, '-') ||
-	    !take_digits(&p, 2, &mon) || !take_char(&p, '-') ||
-	    !take_digits(&p, 2, &day))
-		return -1;
-	if (*p != 'T' && *p != 't')
-		return -1;
-	p++;
-	if (!take_digits(&p, 2, &hour) || !take_char(&p, ':') ||
-	    !take_digits(&p, 2, &min) || !take_char(&p, ':') ||
-	    !take_digits(&p, 2, &sec))
-		return -1;
-	if (*p == '.') {
-		/* A fraction is truncated: expiring a fraction early is safe. */
-		p++;
-		if (*p < '0' || *p > '9')
-			return -1;
-		while (*p >= '0' && *p <= '9')
-			p++;
-	}
-	if (!take_zone(&p, &offset_s) || *p != '\0')
-		return -1;
-	if (mon < 1 || mon > 12 || day < 1 || day > days_in_month(year, mon) ||
-	    hour > 23 || min > 59 || sec > 60)	/* 60: a leap second */
-		return -1;
-	memset(&tm, 0, sizeof(tm));
-	tm.tm_year = year - 1900;
-	tm.tm_mon = mon - 1;
-	tm.tm_mday = day;
-	tm.tm_hour = hour;
-	tm.tm_min = min;
-	tm.tm_sec = sec;
-	*out = timegm(&tm) - (time_t)offset_s;
-	return 0;
+	return lb_error_fail(err, LB_ERR_UPSTREAM, LB_PERMANENT, MSG_BAD_ANSWER, what);
 }
 
 /* ------------------------------------------------------------------ */
@@ -899,7 +779,7 @@ http_failure(const struct http_request *req, CURLcode cc, const char *errbuf,
 		code = LB_ERR_FORBIDDEN;
 		message = MSG_DENIED;
 	}
-	ws_fail(err, code, transience, message,
+	lb_error_fail(err, code, transience, message,
 		strbuf_failed(&sb) ? "workspace call failed" : sb.data);
 	strbuf_free(&sb, false);
 	return -1;
@@ -986,13 +866,13 @@ workspace_create(const struct lb_config *cfg, struct lb_error *err)
 	pthread_condattr_t attr;
 
 	if (cfg == NULL || cfg->databricks_host == NULL || cfg->databricks_host[0] == '\0') {
-		ws_fail(err, LB_ERR_INTERNAL, LB_PERMANENT, MSG_INTERNAL,
+		lb_error_fail(err, LB_ERR_INTERNAL, LB_PERMANENT, MSG_INTERNAL,
 			"workspace host is not configured (DATABRICKS_HOST)");
 		return NULL;
 	}
 	pthread_once(&curl_once, curl_global_init_once);
 	if (curl_init_result != CURLE_OK) {
-		ws_fail(err, LB_ERR_INTERNAL, LB_PERMANENT, MSG_INTERNAL, "curl_global_init failed");
+		lb_error_fail(err, LB_ERR_INTERNAL, LB_PERMANENT, MSG_INTERNAL, "curl_global_init failed");
 		return NULL;
 	}
 	ws = calloc(1, sizeof(*ws));
@@ -1284,7 +1164,7 @@ workspace_sp_token(struct workspace_client *ws, char **token, struct lb_error *e
 	if (!has_client_credentials(ws)) {
 		if (ws->static_token != NULL && ws->static_token[0] != '\0')
 			return copy_token(ws->static_token, token, err);
-		return ws_fail(err, LB_ERR_INTERNAL, LB_PERMANENT, MSG_INTERNAL,
+		return lb_error_fail(err, LB_ERR_INTERNAL, LB_PERMANENT, MSG_INTERNAL,
 			       "no service principal credentials configured "
 			       "(DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET, or DATABRICKS_TOKEN)");
 	}
@@ -1304,7 +1184,7 @@ workspace_sp_token(struct workspace_client *ws, char **token, struct lb_error *e
 			break;
 		if (wait_for_sp_fetch(ws) != 0) {
 			pthread_mutex_unlock(&ws->lock);
-			return ws_fail(err, LB_ERR_UNAVAILABLE, LB_TRANSIENT, MSG_UNAVAILABLE,
+			return lb_error_fail(err, LB_ERR_UNAVAILABLE, LB_TRANSIENT, MSG_UNAVAILABLE,
 				       "timed out waiting for the service principal token fetch");
 		}
 		copied = copy_valid_sp_token(ws, ws->sp_expires_at, token, err);
@@ -1369,7 +1249,7 @@ static int
 check_bearer(const char *bearer, struct lb_error *err)
 {
 	if (bearer == NULL || bearer[0] == '\0')
-		return ws_fail(err, LB_ERR_UNAUTHENTICATED, LB_PERMANENT, MSG_REJECTED_TOKEN,
+		return lb_error_fail(err, LB_ERR_UNAUTHENTICATED, LB_PERMANENT, MSG_REJECTED_TOKEN,
 			       "no workspace token to call the workspace with");
 	return 0;
 }
@@ -1391,7 +1271,7 @@ workspace_mint_credential(struct workspace_client *ws, const char *bearer_token,
 	if (check_bearer(bearer_token, err) != 0)
 		return -1;
 	if (ws->endpoint == NULL || ws->endpoint[0] == '\0')
-		return ws_fail(err, LB_ERR_INTERNAL, LB_PERMANENT, MSG_INTERNAL,
+		return lb_error_fail(err, LB_ERR_INTERNAL, LB_PERMANENT, MSG_INTERNAL,
 			       "no Lakebase endpoint configured (LAKEBASE_ENDPOINT)");
 	body = credential_request_body(ws->endpoint, &req.body_len);
 	url = host_url(ws, PATH_CREDENTIALS);

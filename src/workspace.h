@@ -25,6 +25,7 @@
 
 #include "config.h"
 #include "error.h"
+#include "textfmt.h"
 
 struct workspace_client;
 
@@ -70,6 +71,6 @@ int workspace_parse_oauth_token(const char *body, size_t len, char **access_toke
 int workspace_parse_discovery(const char *body, size_t len, char **token_endpoint,
 			      struct lb_error *err);
 /* RFC 3339 timestamp (Z or +hh:mm offset, optional fraction) to time_t. */
-int parse_rfc3339(const char *text, time_t *out);
+/* parse_rfc3339() is in textfmt.h. */
 
 #endif

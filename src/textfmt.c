@@ -1,0 +1,144 @@
+/*
+ * textfmt.c - strict UTF-8 and RFC 3339 validation (see textfmt.h).
+ */
+#include <stdbool.h>
+#include <string.h>
+#include <time.h>
+
+#include "textfmt.h"
+
+/*
+ * Length of the strict UTF-8 sequence starting s[0..len), len > 0: no
+ * overlong forms, no surrogates, nothing above U+10FFFF. 0 if invalid.
+ */
+size_t
+utf8_sequence_len(const unsigned char *s, size_t len)
+{
+	unsigned char lo = 0x80, hi = 0xbf;
+	size_t n;
+
+	if (s[0] < 0x80)
+		return 1;
+	if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+		n = 2;
+	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+		n = 3;
+		lo = s[0] == 0xe0 ? 0xa0 : 0x80;
+		hi = s[0] == 0xed ? 0x9f : 0xbf;
+	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+		n = 4;
+		lo = s[0] == 0xf0 ? 0x90 : 0x80;
+		hi = s[0] == 0xf4 ? 0x8f : 0xbf;
+	} else {
+		return 0;
+	}
+	if (len < n || s[1] < lo || s[1] > hi)
+		return 0;
+	for (size_t k = 2; k < n; k++)
+		if (s[k] < 0x80 || s[k] > 0xbf)
+			return 0;
+	return n;
+}
+
+static bool
+take_digits(const char **p, int n, int *out)
+{
+	int v = 0;
+
+	for (int i = 0; i < n; i++) {
+		char c = (*p)[i];
+
+		if (c < '0' || c > '9')
+			return false;
+		v = v * 10 + (c - '0');
+	}
+	*p += n;
+	*out = v;
+	return true;
+}
+
+static bool
+take_char(const char **p, char c)
+{
+	if (**p != c)
+		return false;
+	(*p)++;
+	return true;
+}
+
+static int
+days_in_month(int year, int month)
+{
+	static const int days[] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+	bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+
+	return month == 2 && leap ? 29 : days[month - 1];
+}
+
+/* Parses the zone: Z (or z), or +hh:mm / -hh:mm, into seconds east of UTC. */
+static bool
+take_zone(const char **p, long *offset_s)
+{
+	int sign, oh, om;
+
+	if (**p == 'Z' || **p == 'z') {
+		(*p)++;
+		*offset_s = 0;
+		return true;
+	}
+	if (**p != '+' && **p != '-')
+		return false;
+	sign = **p == '-' ? -1 : 1;
+	(*p)++;
+	if (!take_digits(p, 2, &oh) || !take_char(p, ':') || !take_digits(p, 2, &om))
+		return false;
+	if (oh > 23 || om > 59)
+		return false;
+	*offset_s = sign * (oh * 3600L + om * 60L);
+	return true;
+}
+
+int
+parse_rfc3339(const char *text, time_t *out)
+{
+	const char *p = text;
+	int year, mon, day, hour, min, sec;
+	long offset_s;
+	struct tm tm;
+
+	if (text == NULL)
+		return -1;
+	if (!take_digits(&p, 4, &year) || !take_char(&p, '-') ||
+	    !take_digits(&p, 2, &mon) || !take_char(&p, '-') ||
+	    !take_digits(&p, 2, &day))
+		return -1;
+	if (*p != 'T' && *p != 't')
+		return -1;
+	p++;
+	if (!take_digits(&p, 2, &hour) || !take_char(&p, ':') ||
+	    !take_digits(&p, 2, &min) || !take_char(&p, ':') ||
+	    !take_digits(&p, 2, &sec))
+		return -1;
+	if (*p == '.') {
+		/* A fraction is truncated: expiring a fraction early is safe. */
+		p++;
+		if (*p < '0' || *p > '9')
+			return -1;
+		while (*p >= '0' && *p <= '9')
+			p++;
+	}
+	if (!take_zone(&p, &offset_s) || *p != '\0')
+		return -1;
+	if (year < 1 || mon < 1 || mon > 12 || day < 1 || day > days_in_month(year, mon) ||
+	    hour > 23 || min > 59 || sec > 60)	/* 60: a leap second */
+		return -1;
+	memset(&tm, 0, sizeof(tm));
+	tm.tm_year = year - 1900;
+	tm.tm_mon = mon - 1;
+	tm.tm_mday = day;
+	tm.tm_hour = hour;
+	tm.tm_min = min;
+	tm.tm_sec = sec;
+	*out = timegm(&tm) - (time_t)offset_s;
+	return 0;
+}

@@ -1,0 +1,27 @@
+/*
+ * textfmt.h - the text formats several modules validate: strict UTF-8
+ * (request parameters, result columns) and RFC 3339 timestamps (parameter
+ * values, the workspace's expire_time). One implementation, so the worker
+ * accepts the same things everywhere.
+ */
+#ifndef LB_TEXTFMT_H
+#define LB_TEXTFMT_H
+
+#include <stddef.h>
+#include <time.h>
+
+/*
+ * Length of the strict UTF-8 sequence starting s[0..len), len > 0: no
+ * overlong forms, no surrogates, nothing above U+10FFFF. 0 if invalid.
+ */
+size_t utf8_sequence_len(const unsigned char *s, size_t len);
+
+/*
+ * RFC 3339 date-time, YYYY-MM-DDTHH:MM:SS[.frac](Z|+hh:mm|-hh:mm), 'T' and
+ * 'Z' in either case, field ranges checked (seconds may be 60, a leap
+ * second; year 0000 is refused: PostgreSQL has no year zero). On success
+ * stores the time (a fraction truncated) and returns 0; else -1.
+ */
+int parse_rfc3339(const char *text, time_t *out);
+
+#endif
