@@ -396,25 +396,33 @@ failed_before_running(const PGresult *res, PGconn *pg, const struct pool_conn *c
 	return false;
 }
 
+/* One checkout attempt, from the SP pool or the user's pool. */
+static int
+checkout_once(struct checkout *co, struct lb_error *err)
+{
+	if (co->user == NULL)
+		return pool_acquire(co->w->sp_pool, &co->conn, err);
+	if (userpools_acquire(co->w->users, co->user, &co->lease, err) != 0)
+		return -1;
+	co->conn = co->lease.conn;
+	return 0;
+}
+
 /*
- * Checks out a connection. A user whose login is refused gets one retry:
- * the refused credential was dropped (auth_failed), so the retry mints a
- * new one, since a stale credential looks the same as a missing role.
+ * Checks out a connection. A refused login gets one retry: the refused
+ * credential was dropped (auth_failed), so the retry mints a new one. A
+ * stale credential (replaced by another host's mint, or revoked) looks the
+ * same as a missing role; only a second refusal means the role is missing.
  */
 static int
 checkout_acquire(struct checkout *co, struct lb_error *err)
 {
-	if (co->user == NULL)
-		return pool_acquire(co->w->sp_pool, &co->conn, err);
-	if (userpools_acquire(co->w->users, co->user, &co->lease, err) != 0) {
-		if (err->code != LB_ERR_ROLE_MISSING)
-			return -1;
-		lb_error_clear(err);
-		if (userpools_acquire(co->w->users, co->user, &co->lease, err) != 0)
-			return -1;
-	}
-	co->conn = co->lease.conn;
-	return 0;
+	if (checkout_once(co, err) == 0)
+		return 0;
+	if (err->code != LB_ERR_ROLE_MISSING)
+		return -1;
+	lb_error_clear(err);
+	return checkout_once(co, err);
 }
 
 static void

@@ -26,6 +26,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/../stack/lib.sh"
 if [[ -r $STACK_DIR/env.sh ]]; then
 	# shellcheck source=/dev/null
 	source "$STACK_DIR/env.sh"
+	# Again, so STACK_* follow the running stack's env.sh (its build dir,
+	# e.g. build-asan): a restarted worker must be the same binary.
+	# shellcheck source=tests/stack/lib.sh
+	source "$(dirname "${BASH_SOURCE[0]}")/../stack/lib.sh"
 fi
 LAKEBASE_URL=${LAKEBASE_URL:-$STACK_URL}
 EMU_URL=${EMU_URL:-$STACK_EMU_URL}
@@ -33,12 +37,26 @@ EMU_URL=${EMU_URL:-$STACK_EMU_URL}
 # Each response is kept in files (bodies may be binary or large) and, for
 # convenience, in variables.
 IT_TMP=$(mktemp -d "${TMPDIR:-/tmp}/lakebase-it.XXXXXX")
-trap 'rm -rf "$IT_TMP"' EXIT
+_IT_EXIT_HOOKS=()
+# at_exit CMD: runs CMD (eval'ed) when the file exits, last registered
+# first, e.g. to put back the normal worker after a test restarted it with
+# another config. Use this instead of `trap ... EXIT`, which would replace
+# the cleanup below.
+at_exit() {
+	_IT_EXIT_HOOKS=("$1" "${_IT_EXIT_HOOKS[@]}")
+}
+_it_exit() {
+	local hook
+	for hook in "${_IT_EXIT_HOOKS[@]}"; do eval "$hook" || true; done
+	rm -rf "$IT_TMP"
+}
+trap _it_exit EXIT
 HTTP_BODY_FILE=$IT_TMP/body
 HTTP_HEADERS_FILE=$IT_TMP/headers
 HTTP_STATUS=
 HTTP_BODY=
 HTTP_HEADERS=
+HTTP_TIME=
 
 IT_PASSED=0
 IT_FAILED=0
@@ -53,16 +71,19 @@ _IT_TEST_FAILED=
 # PATH is relative to $LAKEBASE_URL (nginx) unless it is a full URL. Sets
 # HTTP_STATUS ("000" when no answer), HTTP_BODY, HTTP_HEADERS (the final
 # response's header block, CRs removed) and the files HTTP_BODY_FILE,
-# HTTP_HEADERS_FILE. Bounded by --max-time (IT_HTTP_TIMEOUT, 30 s).
+# HTTP_HEADERS_FILE, and HTTP_TIME (seconds the exchange took, e.g.
+# 0.012). Bounded by --max-time (IT_HTTP_TIMEOUT, 30 s).
 http() {
-	local method=$1 path=$2 url raw=$IT_TMP/headers.raw
+	local method=$1 path=$2 url raw=$IT_TMP/headers.raw out
 	shift 2
 	[[ $path == http://* || $path == https://* ]] && url=$path || url=$LAKEBASE_URL$path
 	: >"$HTTP_BODY_FILE"
 	: >"$raw"
-	HTTP_STATUS=$(curl -sS -X "$method" -o "$HTTP_BODY_FILE" -D "$raw" \
-		-w '%{http_code}' --max-time "${IT_HTTP_TIMEOUT:-30}" "$@" "$url" 2>"$IT_TMP/curl.err") ||
-		HTTP_STATUS=${HTTP_STATUS:-000}
+	out=$(curl -sS -X "$method" -o "$HTTP_BODY_FILE" -D "$raw" \
+		-w '%{http_code} %{time_total}' --max-time "${IT_HTTP_TIMEOUT:-30}" "$@" "$url" 2>"$IT_TMP/curl.err") || true
+	read -r HTTP_STATUS HTTP_TIME <<<"$out"
+	HTTP_STATUS=${HTTP_STATUS:-000}
+	HTTP_TIME=${HTTP_TIME:-0}
 	# Keep only the last header block (a 100 Continue comes first).
 	tr -d '\r' <"$raw" | awk '/^HTTP\//{ n = 0; delete h } { h[n++] = $0 } END { for (i = 0; i < n; i++) print h[i] }' \
 		>"$HTTP_HEADERS_FILE"
@@ -223,6 +244,43 @@ expect_header_absent() {
 	fi
 }
 
+# expect_match ACTUAL REGEX LABEL: ACTUAL matches the extended regex REGEX.
+expect_match() {
+	if [[ $1 =~ $2 ]]; then
+		_assert_result 0 "$3"
+	else
+		_assert_result 1 "$3" "[$1] does not match /$2/"
+	fi
+}
+
+# expect_error STATUS CODE [MESSAGE]: an error answer of the documented
+# shape, exactly {"error":{"code","message","request_id"}}, with CODE (and
+# MESSAGE, when given; else any non-empty message), a JSON content type,
+# and a request_id equal to the X-Request-Id response header (nginx's own
+# error pages send none: then any non-empty request_id).
+expect_error() {
+	local status=$1 code=$2 message=${3-} rid verdict
+	expect_status "$status" || return
+	expect_header Content-Type application/json
+	rid=$(header_value X-Request-Id) || rid=
+	# One jq run for the whole shape: these assertions run hundreds of times.
+	verdict=$(jq -r --arg code "$code" --arg msg "$message" --arg rid "$rid" '
+		if type != "object" or keys != ["error"] or (.error | type) != "object"
+			or (.error | keys) != ["code", "message", "request_id"]
+			then "not of the shape {\"error\":{\"code\",\"message\",\"request_id\"}}"
+		elif .error.code != $code then "code is \(.error.code | tojson)"
+		elif (.error.message | type) != "string" or .error.message == "" then "message is not a non-empty string"
+		elif $msg != "" and .error.message != $msg then "message is \(.error.message | tojson), expected \($msg | tojson)"
+		elif (.error.request_id | type) != "string" or .error.request_id == "" then "request_id is not a non-empty string"
+		elif $rid != "" and .error.request_id != $rid then "request_id \(.error.request_id | tojson) is not the X-Request-Id header \($rid | tojson)"
+		else "ok" end' "$HTTP_BODY_FILE" 2>&1)
+	if [[ $verdict == ok ]]; then
+		_assert_result 0 "error $status $code"
+	else
+		_assert_result 1 "error $status $code" "${verdict:-not JSON}; body: ${HTTP_BODY:0:300}"
+	fi
+}
+
 # --- the emulator --------------------------------------------------------------------------
 
 # emu_counter JQ: prints `jq -r JQ` of the emulator's counters, e.g.
@@ -252,6 +310,42 @@ emu_reset() {
 	curl -sSf --max-time 5 -X POST "$EMU_URL/_emulator/reset" >/dev/null
 }
 
+# emu_credential_calls: calls to POST /api/2.0/postgres/credentials so far
+# (answered with a credential or not).
+emu_credential_calls() {
+	emu_counter '.mints_total + .mint_failures'
+}
+
+# emu_mints ROLE: credentials minted for ROLE (lakebase-sp, an email).
+emu_mints() {
+	emu_counter ".mints[\"$1\"] // 0"
+}
+
+# --- the worker ------------------------------------------------------------------------------
+
+# json_strip_comments FILE: FILE without the /* */ and // comments the
+# worker's config allows, so jq can read it. Strings are left alone.
+json_strip_comments() {
+	perl -0777 -pe 's{("(?:\\.|[^"\\])*")|/\*.*?\*/|//[^\n]*}{defined $1 ? $1 : ""}gse' "$1"
+}
+
+# worker_config_derive OUT JQ-FILTER [JQ ARGS...]: writes OUT, the stack's
+# worker config with JQ-FILTER applied, e.g.
+#   worker_config_derive "$STACK_DIR/idle.json" '.pool.idle_timeout_ms = 1500'
+worker_config_derive() {
+	local out=$1 filter=$2
+	shift 2
+	json_strip_comments "$STACK_WORKER_CONFIG" | jq "$@" "$filter" >"$out.tmp" &&
+		mv "$out.tmp" "$out"
+}
+
+# worker_restart [CONFIG]: stops the stack's worker (SIGTERM, by PID) and
+# starts a new one (default: the stack's config), so its credential cache
+# and pools start empty. Fails when the new worker does not become healthy.
+worker_restart() {
+	worker_stop && worker_start "$@"
+}
+
 # --- PostgreSQL --------------------------------------------------------------------------------
 
 # pg_count_worker_conns: the worker's connections now open, as PostgreSQL
@@ -263,4 +357,10 @@ pg_count_worker_conns() {
 # pg_admin_sql SQL: one value (first column of the first row), unaligned.
 pg_admin_sql() {
 	pg_admin_psql -Atc "$1"
+}
+
+# pg_terminate_worker_conns: ends every backend of the worker (as an admin
+# would, or a failover); prints how many were signalled.
+pg_terminate_worker_conns() {
+	pg_admin_sql "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '${PGAPPNAME:-lakebase-fcgi}'"
 }

@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# test_credentials.sh - the service principal's database credential against
+# the real emulator: a short-lived credential replaced without a failed
+# request, transient mint failures retried, a permanent one failing fast
+# (once), the workspace API down and back, and credentials or tokens that
+# the database or the workspace stopped accepting.
+#
+# Needs the stack (scripts/stack.sh start). Restarts the emulator and the
+# worker; puts both back as scripts/stack.sh started them at the end.
+set -uo pipefail
+# shellcheck source=tests/integration/lib.sh
+source "$(dirname "$0")/lib.sh"
+
+CREDENTIALS_PATH=/api/2.0/postgres/credentials
+SP_ROLE=${LAKEBASE_SP_CLIENT_ID:-lakebase-sp}
+
+# emulator_with CONFIG: the emulator (re)started with CONFIG, unless it
+# already runs with it. Tests start from the normal one (the stack's config).
+EMU_RUNNING_CONFIG=$STACK_EMU_CONFIG
+emulator_with() {
+	if [[ $EMU_RUNNING_CONFIG == "$1" ]] && pidfile_alive "$STACK_EMU_PID"; then
+		return 0
+	fi
+	emulator_stop
+	emulator_start "$1" && EMU_RUNNING_CONFIG=$1
+}
+
+restore_normal_stack() {
+	emulator_with "$STACK_EMU_CONFIG" >/dev/null 2>&1 || echo "WARNING: could not restart the emulator" >&2
+	worker_restart >/dev/null 2>&1 || echo "WARNING: could not restart the normal worker" >&2
+}
+at_exit restore_normal_stack
+
+# fresh_worker: the normal emulator with zeroed counters and no pending
+# faults, and a new normal worker (empty credential cache, no connections).
+fresh_worker() {
+	emulator_with "$STACK_EMU_CONFIG" && worker_restart && emu_reset
+}
+
+now_s() {
+	printf '%s\n' "$EPOCHREALTIME"
+}
+
+# --- expiry -------------------------------------------------------------------------
+
+# Credentials live 6 s and the worker refreshes 2 s before expiry; for 3
+# lifetimes every request (paced, one at a time) must succeed while the
+# emulator mints at least two replacements. In password mode a new mint
+# invalidates the previous credential for new logins, so a worker that
+# opened a connection with a stale one would fail a request here.
+test_expiring_credential_is_replaced_without_a_failed_request() {
+	local lifetime=6 emu_cfg=$STACK_DIR/it-emulator-short-lifetime.json
+	local cfg=$STACK_DIR/it-credentials-refresh-margin.json
+	local deadline requests=0 failed=0 code mints0 mints1 statuses=''
+	emulator_config "$emu_cfg" "$lifetime" || return
+	worker_config_derive "$cfg" '.credentials.refresh_margin_ms = 2000' || return
+	emulator_with "$emu_cfg" || return
+	worker_restart "$cfg" || return
+	mints0=$(emu_mints "$SP_ROLE")
+	deadline=$(awk -v n="$(now_s)" -v l="$lifetime" 'BEGIN { printf "%.3f", n + 3 * l }')
+	while awk -v n="$(now_s)" -v d="$deadline" 'BEGIN { exit !(n < d) }'; do
+		code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$LAKEBASE_URL/api/todos?limit=1")
+		requests=$((requests + 1))
+		if [[ $code != 200 ]]; then
+			failed=$((failed + 1))
+			statuses+=" #$requests:$code"
+		fi
+		sleep 0.05   # pacing, not synchronisation
+	done
+	mints1=$(emu_mints "$SP_ROLE")
+	printf '       %d requests over %d s, %d credentials minted\n' "$requests" $((3 * lifetime)) $((mints1 - mints0))
+	expect_eq "$failed" 0 "no failed request (failures:${statuses:- none})"
+	(( mints1 - mints0 >= 2 ))
+	expect_eq "$?" 0 "at least 2 mints for $SP_ROLE in 3 lifetimes (got $((mints1 - mints0)))"
+	expect_eq "$(emu_counter .mint_failures)" 0 "no failed mint"
+	emulator_with "$STACK_EMU_CONFIG"
+}
+
+# --- transient failures ---------------------------------------------------------------
+
+test_two_503_then_success_is_one_200() {
+	fresh_worker || return
+	emu_fault "{\"status\": 503, \"count\": 2, \"path\": \"$CREDENTIALS_PATH\"}" || return
+	http GET /api/todos
+	expect_status 200
+	expect_eq "$(emu_counter .mint_failures)" 2 "two mint calls failed (503)"
+	expect_eq "$(emu_mints "$SP_ROLE")" 1 "then one credential minted"
+	expect_eq "$(emu_counter .faults_pending)" 0 "both faults were used"
+}
+
+test_429_and_a_dropped_connection_are_retried() {
+	fresh_worker || return
+	emu_fault "{\"status\": 429, \"count\": 1, \"path\": \"$CREDENTIALS_PATH\"}" || return
+	emu_fault "{\"drop\": true, \"count\": 1, \"path\": \"$CREDENTIALS_PATH\"}" || return
+	http GET /api/todos
+	expect_status 200
+	expect_eq "$(emu_counter .mint_failures)" 2 "a 429 and a dropped connection"
+	expect_eq "$(emu_mints "$SP_ROLE")" 1 "then one credential minted"
+}
+
+# --- permanent failure ------------------------------------------------------------------
+
+# The workspace refuses the SP (403): not the client's fault, so a 5xx, and
+# not retried. The lead decides between 502 and 503; the test prints which.
+test_403_from_the_workspace_fails_fast_with_one_call() {
+	local code
+	fresh_worker || return
+	emu_fault "{\"status\": 403, \"count\": 1, \"path\": \"$CREDENTIALS_PATH\"}" || return
+	http GET /api/todos
+	code=$(jq -r '.error.code? // empty' "$HTTP_BODY_FILE" 2>/dev/null)
+	printf '       a 403 on the credential call answers HTTP %s, code %s, in %ss\n' "$HTTP_STATUS" "${code:-?}" "$HTTP_TIME"
+	expect_match "$HTTP_STATUS" '^50[23]$' "status is 502 or 503"
+	expect_error "$HTTP_STATUS" "${code:-?}"
+	expect_eq "$(emu_credential_calls)" 1 "exactly one credential call (no retry)"
+	awk -v t="$HTTP_TIME" 'BEGIN { exit !(t < 2) }'
+	expect_eq "$?" 0 "answered fast (${HTTP_TIME}s)"
+	# The failure is not remembered: with the fault gone, the next works.
+	http GET /api/todos
+	expect_status 200
+	expect_eq "$(emu_credential_calls)" 2 "the next request minted once"
+}
+
+# --- the workspace API unreachable ---------------------------------------------------------
+
+test_emulator_down_is_503_then_recovers_without_worker_restart() {
+	local pid
+	fresh_worker || return
+	emulator_stop
+	pid=$(read_pid "$STACK_WORKER_PID")
+	http GET /api/todos
+	expect_error 503 unavailable
+	printf '       answered 503 after %ss of retries\n' "$HTTP_TIME"
+	emulator_start "$STACK_EMU_CONFIG" || return
+	http GET /api/todos
+	expect_status 200
+	expect_eq "$(read_pid "$STACK_WORKER_PID")" "$pid" "the same worker process"
+}
+
+# A worker that holds a valid credential keeps opening connections with it
+# while the workspace API is down.
+test_cached_credential_serves_new_connections_while_emulator_down() {
+	local gone
+	fresh_worker || return
+	http GET /api/todos
+	expect_status 200 || return
+	emulator_stop
+	gone=$(pg_terminate_worker_conns)
+	wait_for "[[ \$(pg_count_worker_conns) == 0 ]]" 5
+	expect_eq "$?" 0 "the worker's $gone connection(s) are gone"
+	http GET /api/todos
+	expect_status 200
+	http GET /readyz
+	expect_status 200
+	expect_body '{"status":"ready"}'
+	emulator_start "$STACK_EMU_CONFIG"
+}
+
+# --- credentials the workspace or the database stopped accepting --------------------------
+
+# mint_sp_credential_elsewhere: what a second worker host of the same
+# service principal does: its own OAuth token, its own mint. In password
+# mode that makes the credential the worker holds stale for new logins
+# (as a rotation or revocation would in Lakebase). The secret reaches curl
+# on stdin, never argv.
+mint_sp_credential_elsewhere() {
+	local oauth
+	oauth=$(printf 'user = "%s:%s"\n' "$SP_ROLE" "$(secret_get sp.secret)" |
+		curl -sf --max-time 10 -K - --data 'grant_type=client_credentials&scope=all-apis' \
+			"$EMU_URL/oidc/v1/token" | jq -r .access_token) || return
+	curl -sf -o /dev/null --max-time 10 -X POST -H "Authorization: Bearer $oauth" \
+		-H 'Content-Type: application/json' --data "{\"endpoint\": \"$STACK_ENDPOINT\"}" \
+		"$EMU_URL$CREDENTIALS_PATH"
+}
+
+# The database refuses the worker's cached credential (28P01) when it opens
+# a new connection: the worker must mint a fresh one and log in again,
+# not answer the client 403 "role missing" (the SP's role exists).
+test_stale_sp_credential_is_replaced_without_a_failed_request() {
+	local mints0 i
+	fresh_worker || return
+	http GET /api/todos
+	expect_status 200 || return
+	mint_sp_credential_elsewhere || return
+	mints0=$(emu_mints "$SP_ROLE")
+	pg_terminate_worker_conns >/dev/null
+	wait_for "[[ \$(pg_count_worker_conns) == 0 ]]" 5 || return
+	for i in 1 2 3; do
+		http GET /api/todos
+		expect_eq "$HTTP_STATUS" 200 "request $i after the credential went stale: 200 (body: ${HTTP_BODY:0:160})"
+	done
+	expect_eq "$(emu_mints "$SP_ROLE")" $((mints0 + 1)) "the worker minted once more"
+}
+
+# The workspace no longer accepts the worker's cached OAuth (M2M) access
+# token (revoked; here: the emulator restarted and forgot it). When the
+# credential is due, the mint answers 401: the worker must get a new
+# access token and mint again, with no failed request.
+test_rejected_m2m_token_is_replaced_without_a_failed_request() {
+	local lifetime=5 emu_cfg=$STACK_DIR/it-emulator-short-lifetime-5.json
+	local cfg=$STACK_DIR/it-credentials-refresh-margin.json
+	local deadline requests=0 failed=0 code statuses=''
+	emulator_config "$emu_cfg" "$lifetime" || return
+	worker_config_derive "$cfg" '.credentials.refresh_margin_ms = 2000' || return
+	emulator_with "$emu_cfg" || return
+	worker_restart "$cfg" || return
+	http GET /api/todos
+	expect_status 200 || return
+	emulator_stop
+	emulator_start "$emu_cfg" || return
+	deadline=$(awk -v n="$(now_s)" -v l="$lifetime" 'BEGIN { printf "%.3f", n + 3 * l }')
+	while awk -v n="$(now_s)" -v d="$deadline" 'BEGIN { exit !(n < d) }'; do
+		code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$LAKEBASE_URL/api/todos?limit=1")
+		requests=$((requests + 1))
+		if [[ $code != 200 ]]; then
+			failed=$((failed + 1))
+			statuses+=" #$requests:$code"
+		fi
+		sleep 0.05   # pacing, not synchronisation
+	done
+	printf '       %d requests over %d s; the new emulator issued %s access token(s), minted %s\n' \
+		"$requests" $((3 * lifetime)) "$(emu_counter .oauth_tokens)" "$(emu_mints "$SP_ROLE")"
+	expect_eq "$failed" 0 "no failed request (failures:${statuses:- none})"
+	(( $(emu_mints "$SP_ROLE") >= 1 ))
+	expect_eq "$?" 0 "credentials minted with a new access token"
+	emulator_with "$STACK_EMU_CONFIG"
+}
+
+run_test "a 6 s credential is replaced (>= 2 mints) with no failed request in 18 s" \
+	test_expiring_credential_is_replaced_without_a_failed_request
+run_test "two 503s on the mint are retried: one request, 200" test_two_503_then_success_is_one_200
+run_test "a 429 and a dropped connection on the mint are retried: 200" test_429_and_a_dropped_connection_are_retried
+run_test "a 403 on the mint fails fast with a 5xx JSON error after one call" \
+	test_403_from_the_workspace_fails_fast_with_one_call
+run_test "workspace API down: 503; back: 200 from the same worker" \
+	test_emulator_down_is_503_then_recovers_without_worker_restart
+run_test "workspace API down: a cached credential still opens connections" \
+	test_cached_credential_serves_new_connections_while_emulator_down
+run_test "a credential the database refuses (stale) is re-minted: no failed request" \
+	test_stale_sp_credential_is_replaced_without_a_failed_request
+run_test "an OAuth token the workspace refuses (401) is replaced: no failed request" \
+	test_rejected_m2m_token_is_replaced_without_a_failed_request
+summary

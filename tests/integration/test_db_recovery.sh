@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# test_db_recovery.sh - the service principal's pool against a real
+# PostgreSQL: connections terminated by the server are replaced without a
+# failed request, the pool never opens more than its max under a burst,
+# idle connections are closed after the idle timeout, and PostgreSQL down
+# is a 503 that heals by itself.
+#
+# Needs the stack (scripts/stack.sh start). Restarts the worker (and once
+# PostgreSQL); leaves the normal worker running.
+set -uo pipefail
+# shellcheck source=tests/integration/lib.sh
+source "$(dirname "$0")/lib.sh"
+
+POOL_MAX=10   # the SP pool's default "max"; tests/stack/worker.json keeps it
+
+restore_worker() {
+	pidfile_alive "$STACK_PGDATA/postmaster.pid" || pg_start >/dev/null 2>&1
+	worker_restart >/dev/null 2>&1 || echo "WARNING: could not restart the normal worker" >&2
+}
+at_exit restore_worker
+
+# parallel_get N PATH: N concurrent GETs of PATH through nginx; prints one
+# status per line. Bounded by curl's --max-time.
+parallel_get() {
+	local n=$1 path=$2 i
+	for ((i = 0; i < n; i++)); do
+		curl -s -o /dev/null -w '%{http_code}\n' --max-time 30 "$LAKEBASE_URL$path" &
+	done
+	wait
+}
+
+# expect_all_200 STATUSES LABEL: every line of STATUSES is 200.
+expect_all_200() {
+	local others
+	others=$(grep -vc '^200$' <<<"$1")
+	expect_eq "$others" 0 "$2: all 200 (got: $(sort <<<"$1" | uniq -c | tr -s ' \n' ' '))"
+}
+
+# --- connections ended by the server ----------------------------------------------------
+
+# Several connections held at once (a slow query in parallel), then every
+# one of them terminated by an administrator: the next requests, one at a
+# time and then in parallel, all succeed on new connections.
+test_terminated_connections_are_replaced_without_a_failed_request() {
+	local warm gone statuses i
+	worker_restart || return
+	expect_all_200 "$(parallel_get 6 '/api/slow?s=0.2')" "warm-up" || return
+	warm=$(pg_count_worker_conns)
+	(( warm >= 2 ))
+	expect_eq "$?" 0 "several pooled connections before ($warm)" || return
+	gone=$(pg_terminate_worker_conns)
+	expect_eq "$gone" "$warm" "terminated every worker connection"
+	wait_for "[[ \$(pg_count_worker_conns) == 0 ]]" 5
+	expect_eq "$?" 0 "PostgreSQL shows none of them left"
+	statuses=$(for ((i = 0; i < warm + 2; i++)); do
+		curl -s -o /dev/null -w '%{http_code}\n' --max-time 30 "$LAKEBASE_URL/api/todos?limit=1"
+	done)
+	expect_all_200 "$statuses" "$((warm + 2)) requests one at a time"
+	pg_terminate_worker_conns >/dev/null
+	expect_all_200 "$(parallel_get 10 '/api/slow?s=0.05')" "10 parallel requests after a second termination"
+	(( $(pg_count_worker_conns) >= 1 ))
+	expect_eq "$?" 0 "new connections are open"
+}
+
+# --- the pool's bound -------------------------------------------------------------------
+
+# 50 requests at once, each holding a connection for 0.2 s, against 16
+# worker threads: PostgreSQL, sampled all along, never sees more than the
+# pool's max of the worker's connections, and every request succeeds.
+test_burst_of_50_never_exceeds_pool_max() {
+	local samples=$IT_TMP/conn-samples stop=$IT_TMP/stop-sampling sampler statuses max
+	worker_restart || return
+	: >"$samples"
+	# One admin session sampling every ~10 ms until told to stop.
+	( while [[ ! -e $stop ]]; do
+		echo "SELECT count(*) FROM pg_stat_activity WHERE application_name = '${PGAPPNAME:-lakebase-fcgi}';"
+		sleep 0.01
+	  done | pg_admin_psql -At >>"$samples" ) &
+	sampler=$!
+	statuses=$(parallel_get 50 '/api/slow?s=0.2')
+	touch "$stop"
+	wait "$sampler"
+	max=$(sort -n "$samples" | tail -n 1)
+	printf '       %d samples of pg_stat_activity, at most %s worker connections\n' "$(wc -l <"$samples")" "$max"
+	expect_all_200 "$statuses" "50 parallel requests"
+	(( max <= POOL_MAX ))
+	expect_eq "$?" 0 "at most $POOL_MAX connections (saw $max)"
+	(( max >= 2 ))
+	expect_eq "$?" 0 "the burst really ran in parallel (saw $max connections)"
+	(( $(pg_count_worker_conns) <= POOL_MAX ))
+	expect_eq "$?" 0 "at most $POOL_MAX connections after the burst"
+}
+
+# --- idle close -------------------------------------------------------------------------
+
+test_idle_connections_closed_after_idle_timeout() {
+	local cfg=$STACK_DIR/it-db-recovery-idle.json n t0 waited
+	worker_config_derive "$cfg" '.pool.idle_timeout_ms = 1500' || return
+	worker_restart "$cfg" || return
+	expect_all_200 "$(parallel_get 4 '/api/slow?s=0.2')" "4 parallel requests" || return
+	t0=$EPOCHREALTIME
+	n=$(pg_count_worker_conns)
+	(( n >= 1 ))
+	expect_eq "$?" 0 "connections open right after the requests ($n)" || return
+	wait_for "[[ \$(pg_count_worker_conns) == 0 ]]" 10
+	expect_eq "$?" 0 "all closed within 10 s (still open: $(pg_count_worker_conns))" || return
+	waited=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+	printf '       %d idle connection(s) closed after %ss\n' "$n" "$waited"
+	# Closed because idle, not at once: the timeout is 1.5 s.
+	awk -v w="$waited" 'BEGIN { exit !(w >= 1.0) }'
+	expect_eq "$?" 0 "not closed before the idle timeout (${waited}s)"
+	# And the pool opens a new one when needed.
+	http GET /api/todos
+	expect_status 200
+}
+
+# --- PostgreSQL down ----------------------------------------------------------------------
+
+test_postgres_down_is_503_then_recovers_without_worker_restart() {
+	local pid
+	worker_restart || return
+	http GET /api/todos
+	expect_status 200 || return
+	pid=$(read_pid "$STACK_WORKER_PID")
+	pg_stop || return
+	http GET /api/todos
+	expect_error 503 unavailable
+	http GET /readyz
+	expect_error 503 unavailable
+	pg_start >/dev/null || return
+	http GET /api/todos
+	expect_status 200
+	http GET /readyz
+	expect_status 200
+	expect_eq "$(read_pid "$STACK_WORKER_PID")" "$pid" "the same worker process"
+}
+
+run_test "connections terminated by the server: next requests all 200" \
+	test_terminated_connections_are_replaced_without_a_failed_request
+run_test "50 parallel requests: all 200, never more than $POOL_MAX connections" \
+	test_burst_of_50_never_exceeds_pool_max
+run_test "idle connections closed after pool.idle_timeout_ms (1.5 s)" \
+	test_idle_connections_closed_after_idle_timeout
+run_test "PostgreSQL down: 503 unavailable; back: 200 from the same worker" \
+	test_postgres_down_is_503_then_recovers_without_worker_restart
+summary
