@@ -4,6 +4,10 @@
 #   build/       the normal (development, -Werror) build
 #   build-asan/  with --sanitizers: AddressSanitizer + UBSan (--enable-sanitizers)
 #
+# Both are test builds: configured with --enable-test-hooks (inert unless a
+# test sets their environment variables, e.g. LAKEBASE_TEST_HOLD_LOCK_MS).
+# Release builds run ./configure without it (README, "Building").
+#
 # Out of tree so both builds coexist and the source tree stays clean (an
 # in-tree configure would also make every out-of-tree configure refuse).
 # Env: JOBS (make -j, default 2), CONFIGURE_ARGS (extra ./configure args).
@@ -29,6 +33,7 @@ need_autogen() {
 need_configure() {
 	local dir=$1
 	[[ -f $dir/Makefile && -f $dir/config.status ]] || return 0
+	grep -q -e '--enable-test-hooks' "$dir/config.status" || return 0
 	[[ $REPO/configure -nt $dir/config.status ]]
 }
 
@@ -47,6 +52,7 @@ main() {
 	fi
 	local -a args
 	read -r -a args <<<"${CONFIGURE_ARGS:-}"
+	args+=(--enable-test-hooks)
 	if [[ $sanitizers == yes ]]; then
 		dir=$REPO/build-asan
 		args+=(--enable-sanitizers)

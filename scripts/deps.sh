@@ -16,6 +16,8 @@ PACKAGES=(
 	curl jq libfcgi-bin
 	# Apache (mod_fcgid), spawn-fcgi and load generation (later issues)
 	apache2 libapache2-mod-fcgid spawn-fcgi wrk
+	# checking the systemd unit's sandbox against what the processes do
+	systemd strace
 )
 
 missing_packages() {

@@ -209,6 +209,7 @@ write_env() {
 	export PGSSLMODE=verify-full
 	export PGSSLROOTCERT='$STACK_CA'
 	export PGAPPNAME=lakebase-fcgi
+	export LAKEBASE_CREDENTIAL_CACHE_PATH='$STACK_CACHE_FILE'
 	# Files.
 	export LAKEBASE_WORKER_CONFIG='$STACK_WORKER_CONFIG'
 	export LAKEBASE_WORKER_PIDFILE='$STACK_WORKER_PID'
@@ -228,7 +229,8 @@ write_env() {
 clear_worker_env() {
 	unset DATABRICKS_HOST DATABRICKS_CLIENT_ID DATABRICKS_CLIENT_SECRET \
 		DATABRICKS_TOKEN LAKEBASE_ENDPOINT PGHOST PGPORT PGDATABASE PGUSER \
-		PGSSLMODE PGSSLROOTCERT PGAPPNAME PGPASSWORD PGPASSFILE PGSERVICE
+		PGSSLMODE PGSSLROOTCERT PGAPPNAME PGPASSWORD PGPASSFILE PGSERVICE \
+		LAKEBASE_CREDENTIAL_CACHE_PATH
 }
 
 any_running() {
@@ -273,6 +275,10 @@ cmd_start() {
 # Front to back, so no request reaches a part that is already gone.
 cmd_stop() {
 	nginx_stop
+	# What the process-model tests start in the worker's place, should one
+	# have been interrupted (tests/integration/process_lib.sh, apache_lib.sh).
+	stop_pid "$STACK_DIR/apache.pid" 20
+	stop_pid "$STACK_DIR/it-supervisor.pid" 30
 	worker_stop
 	emulator_stop
 	pg_stop

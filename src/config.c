@@ -29,13 +29,14 @@
 
 #define ARRAY_LEN(a)		(sizeof(a) / sizeof((a)[0]))
 #define MAX_CONFIG_BYTES	(16 * 1024 * 1024)
-#define MAX_FIELDS		16	/* keys of the largest object in the schema */
+#define MAX_FIELDS		40	/* keys of the largest object in the schema */
 #define MAX_JSON_DEPTH		64	/* nesting of a json parameter's default */
 
 /* Settings the environment can override; PGPORT (an integer) is separate. */
 enum setting {
 	S_HOST, S_CLIENT_ID, S_CLIENT_SECRET, S_TOKEN, S_ENDPOINT,
 	S_PGHOST, S_PGDATABASE, S_PGUSER, S_PGSSLMODE, S_PGSSLROOTCERT, S_PGAPPNAME,
+	S_CACHE_PATH,
 	S__COUNT
 };
 
@@ -69,6 +70,8 @@ static const struct env_setting env_settings[S__COUNT] = {
 		offsetof(struct lb_config, pg_sslrootcert), false },
 	[S_PGAPPNAME] = { "PGAPPNAME", "postgres.application_name",
 		offsetof(struct lb_config, pg_appname), false },
+	[S_CACHE_PATH] = { "LAKEBASE_CREDENTIAL_CACHE_PATH", "credential_cache.path",
+		offsetof(struct lb_config, cache_path), false },
 };
 
 struct loader {
@@ -91,6 +94,7 @@ static const char *const log_levels[] = { "debug", "info", "warn", "error", NULL
 static const char *const sslmodes[] = {
 	"disable", "allow", "prefer", "require", "verify-ca", "verify-full", NULL
 };
+static const char *const refresh_modes[] = { "eager", "lazy", NULL };
 static const char *const timestamp_words[] = {
 	"now", "today", "tomorrow", "yesterday", "infinity", "-infinity", "epoch", NULL
 };
@@ -98,7 +102,8 @@ static const char *const timestamp_words[] = {
 /* ---- the schema ---- */
 
 enum field_kind {
-	FK_OTHER = 0, FK_STRING, FK_INT, FK_LONG, FK_BOOL, FK_CHOICE, FK_SECTION, FK_ROUTES
+	FK_OTHER = 0, FK_STRING, FK_INT, FK_LONG, FK_BOOL, FK_CHOICE, FK_SECTION, FK_ROUTES,
+	FK_WORKERS, FK_MODE
 };
 
 struct section;
@@ -128,6 +133,8 @@ struct section {
 #define F_BOOL(k, off)	{ .key = k, .kind = FK_BOOL, .offset = off }
 #define F_CHOICE(k, off, c) { .key = k, .kind = FK_CHOICE, .offset = off, .choices = c }
 #define F_SECTION(k, s)	{ .key = k, .kind = FK_SECTION, .section = &s }
+#define F_WORKERS(k, off) { .key = k, .kind = FK_WORKERS, .offset = off }
+#define F_MODE(k, off)	{ .key = k, .kind = FK_MODE, .offset = off }
 #define SECTION(f, t)	{ f, ARRAY_LEN(f), t }
 
 static const struct field health_fields[] = {
@@ -174,10 +181,28 @@ static const struct section sp_pool_section = SECTION(pool_fields, CFG(sp_pool))
 static const struct section user_pool_section = SECTION(pool_fields, CFG(user_pool));
 static const struct section identity_section = SECTION(identity_fields, 0);
 static const struct section credentials_section = SECTION(credentials_fields, 0);
+static const struct field credential_cache_fields[] = {
+	F_STR("path", CFG(cache_path)),
+	F_INT("slots", CFG(cache_slots), 4, 262144),
+	F_CHOICE("sp_refresh", CFG(cache_sp_refresh), refresh_modes),
+	F_CHOICE("user_refresh", CFG(cache_user_refresh), refresh_modes),
+};
+static const struct section credential_cache_section = SECTION(credential_cache_fields, 0);
 
 static const struct field top_fields[] = {
 	F_STR("listen", CFG(listen)),
 	F_INT("threads", CFG(threads), 1, 1024),
+	F_WORKERS("workers", CFG(workers)),
+	F_INT("shutdown_grace_ms", CFG(shutdown_grace_ms), 0, 3600000),
+	F_LONG("max_requests", CFG(max_requests), 0, 1000000000),
+	F_STR("user", CFG(user)),
+	F_STR("group", CFG(group)),
+	F_STR("pidfile", CFG(pidfile)),
+	F_STR("log_file", CFG(log_file)),
+	F_STR("socket_owner", CFG(socket_owner)),
+	F_STR("socket_group", CFG(socket_group)),
+	F_MODE("socket_mode", CFG(socket_mode)),
+	F_STR("mount_prefix", CFG(mount_prefix)),
 	F_CHOICE("log_level", CFG(log_level), log_levels),
 	F_LONG("max_body_bytes", CFG(max_body_bytes), 1, 1073741824),
 	F_SECTION("health", health_section),
@@ -190,6 +215,8 @@ static const struct field top_fields[] = {
 	F_INT("user_pool_remove_after_ms", CFG(user_pool_remove_after_ms), 1, 86400000),
 	F_SECTION("identity", identity_section),
 	F_SECTION("credentials", credentials_section),
+	F_SECTION("credential_cache", credential_cache_section),
+	F_INT("max_host_connections", CFG(max_host_connections), 0, 1000000),
 	{ .key = "routes", .kind = FK_ROUTES },
 };
 static const struct section top_section = SECTION(top_fields, 0);
@@ -543,6 +570,51 @@ read_choice(struct loader *ld, yajl_val v, const char *const *choices, bool igno
 	return true;
 }
 
+/* "workers": an integer (0: no supervisor) or "auto" (one per CPU). */
+static void
+read_workers(struct loader *ld, yajl_val v, int *out)
+{
+	long long n;
+
+	if (YAJL_IS_STRING(v)) {
+		if (strcmp(v->u.string, "auto") == 0)
+			*out = CONFIG_WORKERS_AUTO;
+		else
+			problem(ld, "must be an integer or \"auto\"");
+		return;
+	}
+	if (read_integer(ld, v, 0, CONFIG_WORKERS_MAX, &n))
+		*out = (int)n;
+}
+
+/* A file mode as an octal string ("0660"): JSON has no octal numbers, and
+ * a decimal 660 would silently mean something else. */
+static void
+read_mode(struct loader *ld, yajl_val v, int *out)
+{
+	const char *s;
+	long mode = 0;
+
+	if (!YAJL_IS_STRING(v)) {
+		problem(ld, "must be an octal mode in a string, such as \"0660\"");
+		return;
+	}
+	s = v->u.string;
+	if (*s == '\0' || strlen(s) > 4)
+		goto bad;
+	for (; *s; s++) {
+		if (*s < '0' || *s > '7')
+			goto bad;
+		mode = mode * 8 + (*s - '0');
+	}
+	if (mode > 0777)
+		goto bad;
+	*out = (int)mode;
+	return;
+bad:
+	problem(ld, "must be an octal mode between \"0000\" and \"0777\"");
+}
+
 /* ---- objects against a table of fields ---- */
 
 static size_t
@@ -628,6 +700,12 @@ read_field(struct loader *ld, const struct field *f, yajl_val v, char *target,
 		break;
 	case FK_ROUTES:
 		load_routes(ld, v, cfg);
+		break;
+	case FK_WORKERS:
+		read_workers(ld, v, (int *)(void *)(target + f->offset));
+		break;
+	case FK_MODE:
+		read_mode(ld, v, (int *)(void *)(target + f->offset));
 		break;
 	case FK_OTHER:
 		break;
@@ -2081,6 +2159,56 @@ check_server(struct loader *ld, const struct lb_config *cfg)
 			   cfg->max_connections);
 }
 
+/* A mount prefix: "/seg[/seg...]", no trailing '/', no empty, dot or
+ * escaped segments. It is compared with the raw request path, so anything
+ * that decodes differently is refused here rather than never matching. */
+static bool
+valid_mount_prefix(const char *s)
+{
+	const char *seg;
+	size_t n;
+
+	if (s[0] != '/' || s[1] == '\0')
+		return false;
+	for (seg = s + 1; ; seg += n + 1) {
+		n = strcspn(seg, "/");
+		if (n == 0 || (n == 1 && seg[0] == '.') || (n == 2 && seg[0] == '.' && seg[1] == '.'))
+			return false;
+		for (size_t i = 0; i < n; i++) {
+			if (!is_ident_char(seg[i]) && strchr("-.~", seg[i]) == NULL)
+				return false;
+		}
+		if (seg[n] == '\0')
+			return true;
+	}
+}
+
+static void
+check_absolute(struct loader *ld, const char *key, const char *path)
+{
+	if (path != NULL && (path[0] != '/' || has_control(path)))
+		problem_at(ld, key, "must be an absolute path");
+}
+
+static void
+check_process(struct loader *ld, const struct lb_config *cfg)
+{
+	if (cfg->mount_prefix != NULL && !valid_mount_prefix(cfg->mount_prefix))
+		problem_at(ld, "mount_prefix",
+			   "must be a path such as \"/api\": segments of letters, digits and -._~, "
+			   "no trailing '/', no '.' or '..', no %%-escapes");
+	check_absolute(ld, "pidfile", cfg->pidfile);
+	check_absolute(ld, "log_file", cfg->log_file);
+	if (cfg->user != NULL && has_space_or_control(cfg->user))
+		problem_at(ld, "user", "must be a user name or number");
+	if (cfg->group != NULL && has_space_or_control(cfg->group))
+		problem_at(ld, "group", "must be a group name or number");
+	if (cfg->socket_owner != NULL && has_space_or_control(cfg->socket_owner))
+		problem_at(ld, "socket_owner", "must be a user name or number");
+	if (cfg->socket_group != NULL && has_space_or_control(cfg->socket_group))
+		problem_at(ld, "socket_group", "must be a group name or number");
+}
+
 /* Whether a route with only literal segments has exactly this path. */
 static bool
 route_is_path(const struct route *route, const char *path)
@@ -2135,6 +2263,10 @@ config_new(void)
 	if (cfg == NULL)
 		return NULL;
 	cfg->threads = 16;
+	cfg->workers = 0;
+	cfg->shutdown_grace_ms = 30000;
+	cfg->max_requests = 0;
+	cfg->socket_mode = CONFIG_SOCKET_MODE_UNSET;
 	cfg->max_body_bytes = 1048576;
 	cfg->http_connect_timeout_ms = 5000;
 	cfg->http_timeout_ms = 30000;
@@ -2146,6 +2278,11 @@ config_new(void)
 	cfg->user_pool_remove_after_ms = 300000;
 	cfg->development_mode = false;
 	cfg->refresh_margin_ms = 120000;
+	cfg->cache_slots = 4096;
+	cfg->max_host_connections = 0;
+	cfg->cache_path = strdup("/run/lakebase-fcgi/credentials.shm");
+	cfg->cache_sp_refresh = strdup("eager");
+	cfg->cache_user_refresh = strdup("lazy");
 	cfg->log_level = strdup("info");
 	cfg->healthz_path = strdup("/healthz");
 	cfg->readyz_path = strdup("/readyz");
@@ -2155,7 +2292,8 @@ config_new(void)
 	cfg->email_header = strdup("X-Forwarded-Email");
 	cfg->token_header = strdup("X-Forwarded-Access-Token");
 	if (!cfg->log_level || !cfg->healthz_path || !cfg->readyz_path || !cfg->pg_database ||
-	    !cfg->pg_sslmode || !cfg->pg_appname || !cfg->email_header || !cfg->token_header) {
+	    !cfg->pg_sslmode || !cfg->pg_appname || !cfg->email_header || !cfg->token_header ||
+	    !cfg->cache_path || !cfg->cache_sp_refresh || !cfg->cache_user_refresh) {
 		config_free(cfg);
 		return NULL;
 	}
@@ -2359,6 +2497,8 @@ load(struct loader *ld, const char *text, const char *file)
 	apply_environment(ld, cfg);
 	check_connection(ld, cfg);
 	check_server(ld, cfg);
+	check_process(ld, cfg);
+	check_absolute(ld, ld->origin[S_CACHE_PATH], cfg->cache_path);
 	check_health_conflicts(ld, cfg);
 	return loader_finish(ld, cfg);
 }
@@ -2419,6 +2559,13 @@ config_free(struct lb_config *cfg)
 	free_secret(cfg->client_secret);
 	free_secret(cfg->static_token);
 	free(cfg->listen);
+	free(cfg->user);
+	free(cfg->group);
+	free(cfg->pidfile);
+	free(cfg->log_file);
+	free(cfg->socket_owner);
+	free(cfg->socket_group);
+	free(cfg->mount_prefix);
 	free(cfg->log_level);
 	free(cfg->healthz_path);
 	free(cfg->readyz_path);
@@ -2433,6 +2580,9 @@ config_free(struct lb_config *cfg)
 	free(cfg->pg_appname);
 	free(cfg->email_header);
 	free(cfg->token_header);
+	free(cfg->cache_path);
+	free(cfg->cache_sp_refresh);
+	free(cfg->cache_user_refresh);
 	for (size_t i = 0; cfg->routes != NULL && i < cfg->nroutes; i++)
 		route_free(&cfg->routes[i]);
 	free(cfg->routes);

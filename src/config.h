@@ -14,6 +14,7 @@
  *   PGHOST PGPORT PGDATABASE PGUSER PGSSLMODE PGSSLROOTCERT PGAPPNAME
  *                            postgres.{host,port,database,user,sslmode,
  *                                      sslrootcert,application_name}
+ *   LAKEBASE_CREDENTIAL_CACHE_PATH credential_cache.path
  *
  * Every problem is reported with the JSON path of the offending key
  * ("routes[2].params.id.type") and a message; loading collects all problems
@@ -31,6 +32,11 @@
 #include <stdio.h>
 
 enum auth_mode { AUTH_SERVICE_PRINCIPAL = 0, AUTH_ON_BEHALF_OF_USER };
+
+/* "workers": "auto" — one worker process per online CPU. */
+#define CONFIG_WORKERS_AUTO	(-1)
+#define CONFIG_WORKERS_MAX	1024
+#define CONFIG_SOCKET_MODE_UNSET (-1)
 
 enum param_source { PARAM_IN_PATH = 0, PARAM_IN_QUERY, PARAM_IN_BODY };
 
@@ -90,6 +96,19 @@ struct lb_config {
 	char *healthz_path;
 	char *readyz_path;
 
+	/* process model (supervisor, managed, CGI: README "Deployment") */
+	int workers;             /* 0: one process, no supervisor; CONFIG_WORKERS_AUTO: one per CPU */
+	int shutdown_grace_ms;   /* in-flight requests may finish this long after SIGTERM */
+	long max_requests;       /* a supervised worker is replaced after this many; 0: never */
+	char *user;              /* drop privileges to this user (and group) after binding */
+	char *group;
+	char *pidfile;           /* absolute path; NULL: none */
+	char *log_file;          /* absolute path, reopened on SIGUSR1; NULL: stderr */
+	char *socket_owner;      /* a unix socket's owner, group and mode */
+	char *socket_group;
+	int socket_mode;         /* CONFIG_SOCKET_MODE_UNSET: the default, 0660 */
+	char *mount_prefix;      /* "/api": stripped before routing; NULL: none */
+
 	/* workspace (secrets: client_secret, token) */
 	char *databricks_host;   /* normalised: scheme://host[:port], no trailing slash */
 	char *client_id;
@@ -123,6 +142,13 @@ struct lb_config {
 
 	/* credentials */
 	int refresh_margin_ms;   /* refresh this long before expire_time (default 120000) */
+
+	/* the host's shared credential cache (credential.h, shm.h) */
+	char *cache_path;        /* credential_cache.path, LAKEBASE_CREDENTIAL_CACHE_PATH */
+	int cache_slots;         /* credential_cache.slots: identities remembered (4096) */
+	char *cache_sp_refresh;  /* "eager" (default) or "lazy" */
+	char *cache_user_refresh; /* "lazy" (default) or "eager" */
+	int max_host_connections; /* all processes of the host together; 0: off */
 
 	struct route *routes;
 	size_t nroutes;

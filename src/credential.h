@@ -7,18 +7,25 @@
  * credential minted with one token never serves a request carrying another).
  *
  * credcache_acquire() returns a credential valid now, minting or refreshing
- * it when it is missing or within refresh_margin_ms of expiry. Concurrent
- * callers for one identity share one mint (single flight). When a refresh
- * fails but the current credential has not yet expired, the current one is
- * served (and the failure logged once).
+ * it when it is missing or within refresh_margin_ms of expiry. The cache is
+ * shared by every process of the host (a file-backed shared-memory segment,
+ * credential_cache.path; see shm.h): concurrent callers for one identity,
+ * in any process, share one mint (single flight), so each identity is
+ * minted once per lifetime per host. When a refresh fails but the current
+ * credential has not yet expired, the current one is served (and the
+ * failure logged once).
  *
- * This per-process implementation is the seam for the shared-memory cache:
- * callers depend only on this header.
+ * Eager identities (credential_cache.sp_refresh / user_refresh) are
+ * refreshed by one background thread per host before requests would have
+ * to; lazy ones by the first request inside the refresh window. Create the
+ * cache in the process that uses it (after any fork): its background
+ * thread does not survive a fork.
  */
 #ifndef LB_CREDENTIAL_H
 #define LB_CREDENTIAL_H
 
 #include <stdbool.h>
+#include <stdio.h>
 #include <time.h>
 
 #include "config.h"
@@ -63,5 +70,22 @@ int credcache_acquire(struct credcache *cc, const struct identity *id, struct cr
 void credcache_invalidate(struct credcache *cc, const struct identity *id, const char *stale_token);
 
 void credential_clear(struct credential *cred);
+
+/*
+ * The host-wide connection budget kept in the same segment
+ * (max_host_connections; 0: off). Shaped for pool.h's conn_budget_host:
+ * take returns 0, or -1 when the host is at its cap; give returns n.
+ */
+int credcache_max_host_connections(const struct credcache *cc);
+int credcache_host_conn_take(void *credcache);
+void credcache_host_conn_give(void *credcache, int n);
+
+/*
+ * --cache-status: prints the segment at cfg's credential_cache.path (slots:
+ * identity, role, expiry, last use, refresh state, mint count; the
+ * counters) to `out`, never a secret. Does not create the segment. Returns
+ * the exit status (0, or 1 with a message on stderr).
+ */
+int credcache_print_status(const struct lb_config *cfg, FILE *out);
 
 #endif

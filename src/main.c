@@ -1,51 +1,59 @@
 /*
- * main.c - the lakebase-fcgi command line: load and check the
- * configuration, open the FastCGI socket, run N threads that accept and
- * serve requests, and shut down cleanly on SIGTERM/SIGINT.
+ * main.c - the lakebase-fcgi command line: options, the configuration
+ * (file, environment, flags), and which of the four ways to run this is:
  *
- * Signals are blocked in every thread and taken synchronously with
- * sigwait() in the main thread: libfcgi installs its own SIGTERM handler
- * that only sets a flag, so a threaded worker would otherwise ignore kill.
+ *   supervisor   --workers N (or "workers" in the config), with --listen
+ *                or a socket from systemd: pre-forked workers share the
+ *                socket (supervisor.c)
+ *   single       --listen without --workers: one process, T threads
+ *   managed      no --listen and a listening socket on fd 0 (mod_fcgid,
+ *                spawn-fcgi): one process, one request at a time unless
+ *                --threads says otherwise; it never stops on its own
+ *   CGI          GATEWAY_INTERFACE set and fd 0 not a listening socket:
+ *                one request from the environment and stdin, then exit
+ *
+ * The last three run server.c's loop in this process.
  */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include <fcgiapp.h>
-
 #include "config.h"
+#include "credential.h"
+#include "listener.h"
 #include "log.h"
-#include "request.h"
-#include "worker.h"
+#include "process.h"
+#include "server.h"
+#include "supervisor.h"
 
 #ifndef PACKAGE_VERSION
 #define PACKAGE_VERSION "dev"
 #endif
 
-#define LISTEN_BACKLOG 1024
+/* The configuration file when -c is not given (CGI and mod_fcgid setups
+ * often cannot pass arguments). */
+#define CONFIG_ENV "LAKEBASE_FCGI_CONFIG"
 
 struct options {
-	const char *config_file;
+	char *config_file;        /* absolute (a daemon re-reads it from "/") */
 	const char *listen;
 	int threads;              /* 0: from the config */
-	mode_t socket_mode;
+	int workers;              /* with workers_set: overrides the config */
+	bool workers_set;
+	int socket_mode;          /* CONFIG_SOCKET_MODE_UNSET: from the config */
+	const char *socket_owner;
+	const char *socket_group;
+	const char *user;
+	const char *group;
+	const char *pidfile;
+	bool daemon;
 	bool check_config;
-};
-
-struct server {
-	const struct lb_config *cfg;
-	struct worker *worker;
-	int listen_fd;
-	char *unix_path;          /* set when we created a unix socket */
+	bool cache_status;        /* issue 4: print the shared credential cache */
 };
 
 static void
@@ -55,14 +63,27 @@ usage(FILE *out)
 		"Usage: lakebase-fcgi [OPTIONS]\n"
 		"FastCGI worker giving per-user Lakebase (PostgreSQL) connections with RLS.\n"
 		"\n"
-		"  -c, --config FILE      JSON configuration (comments allowed)\n"
-		"      --listen ADDR      127.0.0.1:9000 or unix:/path (default: config \"listen\",\n"
-		"                         else the socket on fd 0, as given by a process manager)\n"
-		"      --threads N        request threads (default: config \"threads\", 16)\n"
+		"  -c, --config FILE      JSON configuration (comments allowed); default: $" CONFIG_ENV "\n"
+		"      --listen ADDR      127.0.0.1:9000, [::1]:9000, :9000 or unix:/path (default: config\n"
+		"                         \"listen\", else a socket from systemd or on fd 0, as given by\n"
+		"                         mod_fcgid or spawn-fcgi)\n"
+		"      --workers N|auto   run a supervisor with N worker processes sharing the socket\n"
+		"                         (auto: one per CPU); without it, one process serves alone\n"
+		"      --threads N        request threads per process (default: config \"threads\", 16;\n"
+		"                         1 under mod_fcgid/spawn-fcgi)\n"
 		"      --socket-mode MODE permissions of a unix socket (octal, default 0660)\n"
+		"      --socket-owner USER, --socket-group GROUP  owner and group of a unix socket\n"
+		"      --user USER, --group GROUP  drop privileges to these after opening the socket\n"
+		"      --pidfile FILE     write the (supervisor's) pid to FILE\n"
+		"      --foreground       stay in the foreground (the default; for systemd)\n"
+		"      --daemon           detach; exits 0 once serving, 1 if starting failed\n"
 		"      --check-config     validate the configuration, print each problem, exit\n"
+		"      --cache-status     print the host's shared credential cache (no secrets), exit\n"
 		"      --version          print the version and exit\n"
 		"  -h, --help             this text\n"
+		"\n"
+		"Signals: TERM/INT drain and exit 0, QUIT exits at once, HUP reloads the\n"
+		"configuration (supervisor), USR1 reopens the log file.\n"
 		"\n"
 		"Environment: DATABRICKS_HOST DATABRICKS_CLIENT_ID DATABRICKS_CLIENT_SECRET\n"
 		"DATABRICKS_TOKEN LAKEBASE_ENDPOINT PGHOST PGPORT PGDATABASE PGUSER PGSSLMODE\n"
@@ -85,67 +106,204 @@ parse_int_arg(const char *name, const char *text, long lo, long hi, long *out)
 	return 0;
 }
 
+static int
+parse_mode_arg(const char *text, int *out)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(text, &end, 8);
+	if (errno != 0 || end == text || *end != '\0' || v < 0 || v > 0777) {
+		fprintf(stderr, "lakebase-fcgi: --socket-mode must be an octal mode such as 0660\n");
+		return -1;
+	}
+	*out = (int)v;
+	return 0;
+}
+
+static int
+parse_workers_arg(const char *text, struct options *opt)
+{
+	long v;
+
+	opt->workers_set = true;
+	if (strcmp(text, "auto") == 0) {
+		opt->workers = CONFIG_WORKERS_AUTO;
+		return 0;
+	}
+	if (parse_int_arg("--workers", text, 0, CONFIG_WORKERS_MAX, &v) != 0) {
+		fprintf(stderr, "lakebase-fcgi: (or --workers auto)\n");
+		return -1;
+	}
+	opt->workers = (int)v;
+	return 0;
+}
+
+/* The file, made absolute. NULL with no file at all (environment only). */
+static int
+resolve_config_file(const char *given, struct options *opt)
+{
+	const char *file = given ? given : getenv(CONFIG_ENV);
+
+	if (file == NULL || *file == '\0')
+		return 0;
+	opt->config_file = realpath(file, NULL);
+	if (opt->config_file == NULL)
+		opt->config_file = strdup(file);   /* config_load names the missing file */
+	return opt->config_file == NULL ? -1 : 0;
+}
+
+enum {
+	OPT_LISTEN = 256, OPT_THREADS, OPT_WORKERS, OPT_SOCKET_MODE, OPT_SOCKET_OWNER, OPT_SOCKET_GROUP,
+	OPT_USER, OPT_GROUP, OPT_PIDFILE, OPT_FOREGROUND, OPT_DAEMON, OPT_CHECK, OPT_CACHE_STATUS,
+	OPT_VERSION
+};
+
+static const struct option longopts[] = {
+	{ "config", required_argument, NULL, 'c' },
+	{ "listen", required_argument, NULL, OPT_LISTEN },
+	{ "threads", required_argument, NULL, OPT_THREADS },
+	{ "workers", required_argument, NULL, OPT_WORKERS },
+	{ "socket-mode", required_argument, NULL, OPT_SOCKET_MODE },
+	{ "socket-owner", required_argument, NULL, OPT_SOCKET_OWNER },
+	{ "socket-group", required_argument, NULL, OPT_SOCKET_GROUP },
+	{ "user", required_argument, NULL, OPT_USER },
+	{ "group", required_argument, NULL, OPT_GROUP },
+	{ "pidfile", required_argument, NULL, OPT_PIDFILE },
+	{ "foreground", no_argument, NULL, OPT_FOREGROUND },
+	{ "daemon", no_argument, NULL, OPT_DAEMON },
+	{ "check-config", no_argument, NULL, OPT_CHECK },
+	{ "cache-status", no_argument, NULL, OPT_CACHE_STATUS },
+	{ "version", no_argument, NULL, OPT_VERSION },
+	{ "help", no_argument, NULL, 'h' },
+	{ NULL, 0, NULL, 0 }
+};
+
+/* One option with a value; -1 on a bad value. */
+static int
+take_option(int c, const char *arg, struct options *opt, const char **config_file)
+{
+	long v;
+
+	switch (c) {
+	case 'c':
+		*config_file = arg;
+		break;
+	case OPT_LISTEN:
+		opt->listen = arg;
+		break;
+	case OPT_THREADS:
+		if (parse_int_arg("--threads", arg, 1, 1024, &v) != 0)
+			return -1;
+		opt->threads = (int)v;
+		break;
+	case OPT_WORKERS:
+		return parse_workers_arg(arg, opt);
+	case OPT_SOCKET_MODE:
+		return parse_mode_arg(arg, &opt->socket_mode);
+	case OPT_SOCKET_OWNER:
+		opt->socket_owner = arg;
+		break;
+	case OPT_SOCKET_GROUP:
+		opt->socket_group = arg;
+		break;
+	case OPT_USER:
+		opt->user = arg;
+		break;
+	case OPT_GROUP:
+		opt->group = arg;
+		break;
+	case OPT_PIDFILE:
+		opt->pidfile = arg;
+		break;
+	case OPT_FOREGROUND:
+		opt->daemon = false;
+		break;
+	case OPT_DAEMON:
+		opt->daemon = true;
+		break;
+	case OPT_CHECK:
+		opt->check_config = true;
+		break;
+	case OPT_CACHE_STATUS:
+		opt->cache_status = true;
+		break;
+	default:
+		return -1;
+	}
+	return 0;
+}
+
 /* Returns 0 to run, 1 to exit successfully (help, version), -1 on error. */
 static int
 parse_options(int argc, char **argv, struct options *opt)
 {
-	enum { OPT_LISTEN = 256, OPT_THREADS, OPT_SOCKET_MODE, OPT_CHECK, OPT_VERSION };
-	static const struct option longopts[] = {
-		{ "config", required_argument, NULL, 'c' },
-		{ "listen", required_argument, NULL, OPT_LISTEN },
-		{ "threads", required_argument, NULL, OPT_THREADS },
-		{ "socket-mode", required_argument, NULL, OPT_SOCKET_MODE },
-		{ "check-config", no_argument, NULL, OPT_CHECK },
-		{ "version", no_argument, NULL, OPT_VERSION },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 }
-	};
-	char *end;
-	long v;
+	const char *config_file = NULL;
 	int c;
 
 	memset(opt, 0, sizeof(*opt));
-	opt->socket_mode = 0660;
+	opt->socket_mode = CONFIG_SOCKET_MODE_UNSET;
 	while ((c = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
-		switch (c) {
-		case 'c':
-			opt->config_file = optarg;
-			break;
-		case OPT_LISTEN:
-			opt->listen = optarg;
-			break;
-		case OPT_THREADS:
-			if (parse_int_arg("--threads", optarg, 1, 1024, &v) != 0)
-				return -1;
-			opt->threads = (int)v;
-			break;
-		case OPT_SOCKET_MODE:
-			errno = 0;
-			v = strtol(optarg, &end, 8);
-			if (errno != 0 || end == optarg || *end != '\0' || v < 0 || v > 0777) {
-				fprintf(stderr, "lakebase-fcgi: --socket-mode must be an octal mode such as 0660\n");
-				return -1;
-			}
-			opt->socket_mode = (mode_t)v;
-			break;
-		case OPT_CHECK:
-			opt->check_config = true;
-			break;
-		case OPT_VERSION:
+		if (c == OPT_VERSION) {
 			printf("lakebase-fcgi %s\n", PACKAGE_VERSION);
 			return 1;
-		case 'h':
+		}
+		if (c == 'h') {
 			usage(stdout);
 			return 1;
-		default:
+		}
+		if (c == '?') {
 			usage(stderr);
 			return -1;
 		}
+		if (take_option(c, optarg, opt, &config_file) != 0)
+			return -1;
 	}
 	if (optind < argc) {
 		fprintf(stderr, "lakebase-fcgi: unexpected argument '%s'\n", argv[optind]);
 		return -1;
 	}
+	if (resolve_config_file(config_file, opt) != 0) {
+		fprintf(stderr, "lakebase-fcgi: out of memory\n");
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- the configuration ---- */
+
+static int
+override_text(char **field, const char *value)
+{
+	char *copy;
+
+	if (value == NULL)
+		return 0;
+	copy = strdup(value);
+	if (copy == NULL)
+		return -1;
+	free(*field);
+	*field = copy;
+	return 0;
+}
+
+/* Flags beat the file and the environment. */
+static int
+apply_overrides(struct lb_config *cfg, const struct options *opt)
+{
+	if (opt->threads > 0)
+		cfg->threads = opt->threads;
+	if (opt->workers_set)
+		cfg->workers = opt->workers;
+	if (opt->socket_mode != CONFIG_SOCKET_MODE_UNSET)
+		cfg->socket_mode = opt->socket_mode;
+	if (override_text(&cfg->listen, opt->listen) != 0 ||
+	    override_text(&cfg->socket_owner, opt->socket_owner) != 0 ||
+	    override_text(&cfg->socket_group, opt->socket_group) != 0 ||
+	    override_text(&cfg->user, opt->user) != 0 || override_text(&cfg->group, opt->group) != 0 ||
+	    override_text(&cfg->pidfile, opt->pidfile) != 0)
+		return -1;
 	return 0;
 }
 
@@ -165,136 +323,208 @@ load_config(const struct options *opt)
 		return NULL;
 	}
 	config_problems_free(&problems);
+	if (apply_overrides(cfg, opt) != 0) {
+		fprintf(stderr, "lakebase-fcgi: out of memory\n");
+		config_free(cfg);
+		return NULL;
+	}
 	return cfg;
 }
 
-/* Opens the listening socket; NULL listen means fd 0 from a process manager. */
-static int
-open_listener(struct server *srv, const char *listen, const struct options *opt)
+/* SIGHUP in the supervisor: the same, with the problems in the log. */
+static struct lb_config *
+reload_config(void *ctx)
 {
-	const char *addr = listen;
+	const struct options *opt = ctx;
+	struct config_problems problems = { NULL, 0 };
+	struct lb_config *cfg = config_load(opt->config_file, NULL, &problems);
 
-	if (listen == NULL)
-		return 0;   /* FCGI_LISTENSOCK_FILENO */
-	if (strncmp(listen, "unix:", 5) == 0) {
-		addr = listen + 5;
-		if (*addr != '/') {
-			fprintf(stderr, "lakebase-fcgi: --listen unix: needs an absolute path\n");
-			return -1;
+	if (cfg == NULL || problems.count > 0) {
+		for (size_t i = 0; i < problems.count; i++) {
+			const struct config_problem *p = &problems.items[i];
+
+			log_error("configuration problem", "file", opt->config_file,
+				  "key", p->path[0] != '\0' ? p->path : NULL, "problem", p->message);
 		}
-		srv->unix_path = strdup(addr);
-		if (srv->unix_path == NULL)
-			return -1;
-	} else if (strchr(listen, ':') == NULL) {
-		fprintf(stderr, "lakebase-fcgi: --listen must be HOST:PORT or unix:/path\n");
-		return -1;
+		config_problems_free(&problems);
+		config_free(cfg);
+		return NULL;
 	}
-	srv->listen_fd = FCGX_OpenSocket(addr, LISTEN_BACKLOG);
-	if (srv->listen_fd < 0) {
-		fprintf(stderr, "lakebase-fcgi: cannot listen on %s: %s\n", listen, strerror(errno));
-		return -1;
+	config_problems_free(&problems);
+	if (apply_overrides(cfg, opt) != 0) {
+		log_error("configuration reload: out of memory");
+		config_free(cfg);
+		return NULL;
 	}
-	if (srv->unix_path != NULL && chmod(srv->unix_path, opt->socket_mode) != 0) {
-		fprintf(stderr, "lakebase-fcgi: cannot chmod %s: %s\n", srv->unix_path, strerror(errno));
-		return -1;
-	}
-	return 0;
+	return cfg;
 }
 
-static void *
-request_thread(void *arg)
+/* ---- CGI ---- */
+
+static bool
+cgi_requested(const struct options *opt)
 {
-	struct server *srv = arg;
-	FCGX_Request fcgx;
-	struct http_request req;
-	struct http_response resp;
+	return opt->listen == NULL && getenv("GATEWAY_INTERFACE") != NULL && !fd_is_listening_socket(0);
+}
+
+/*
+ * A CGI query string without '=' reaches the program as command-line
+ * arguments (the old ISINDEX convention, which Apache's mod_cgi still
+ * follows): "?--listen+0.0.0.0:9000" would become options. Such a request
+ * is refused before any argument is parsed.
+ */
+static bool
+cgi_query_as_arguments(int argc)
+{
+	const char *query = getenv("QUERY_STRING");
+
+	return argc > 1 && getenv("GATEWAY_INTERFACE") != NULL && !fd_is_listening_socket(0) &&
+	       query != NULL && *query != '\0' && strchr(query, '=') == NULL;
+}
+
+static int
+cgi_refuse(enum lb_errcode code, const char *message, const char *detail)
+{
 	struct lb_error err;
 
-	if (FCGX_InitRequest(&fcgx, srv->listen_fd, 0) != 0)
-		return NULL;
-	while (FCGX_Accept_r(&fcgx) >= 0) {
-		lb_error_clear(&err);
-		response_init(&resp);
-		if (request_from_fcgx(&fcgx, srv->cfg->max_body_bytes, &req, &err) == 0) {
-			worker_handle(srv->worker, &req, &resp);
-		} else {
-			/* The request could not even be read: answer it here. */
-			worker_reject(srv->worker, &req, &err, &resp);
-		}
-		response_send_fcgx(&fcgx, &resp);
-		response_free(&resp);
-		request_free(&req);
-		FCGX_Finish_r(&fcgx);
-	}
-	FCGX_Free(&fcgx, 1);
-	return NULL;
+	lb_error_clear(&err);
+	lb_error_set(&err, code, message, "%s", detail);
+	return server_cgi_fail(&err) == 0 ? 0 : 1;
 }
 
-static void
-block_signals(sigset_t *set)
-{
-	sigemptyset(set);
-	sigaddset(set, SIGTERM);
-	sigaddset(set, SIGINT);
-	sigaddset(set, SIGQUIT);
-	sigaddset(set, SIGHUP);
-	sigaddset(set, SIGUSR1);
-	pthread_sigmask(SIG_BLOCK, set, NULL);
-	signal(SIGPIPE, SIG_IGN);
-}
-
-/* Waits for a stop signal; returns it. */
-static int
-wait_for_stop(const sigset_t *set)
-{
-	int sig;
-
-	for (;;) {
-		if (sigwait(set, &sig) != 0)
-			continue;
-		if (sig == SIGTERM || sig == SIGINT || sig == SIGQUIT)
-			return sig;
-		log_info("signal ignored", "signal", sig == SIGHUP ? "HUP" : "USR1");
-	}
-}
+/* ---- serving ---- */
 
 static int
-serve(struct server *srv, int nthreads)
+open_socket(const struct lb_config *cfg, struct listener *l, struct lb_error *err)
 {
-	sigset_t set;
-	pthread_t *threads;
-	int started = 0, sig;
-	char count[16];
+	struct socket_options so;
 
-	threads = calloc((size_t)nthreads, sizeof(*threads));
-	if (threads == NULL)
+	if (cfg->listen != NULL) {
+		/* Socket activation of the same address: systemd's socket (its
+		 * .socket unit sets owner and mode). */
+		if (listener_inherit_systemd(l, cfg->listen))
+			return 0;
+		so.mode = cfg->socket_mode != CONFIG_SOCKET_MODE_UNSET ? cfg->socket_mode : SOCKET_MODE_DEFAULT;
+		so.owner = cfg->socket_owner;
+		so.group = cfg->socket_group;
+		return listener_open(l, cfg->listen, &so, err);
+	}
+	if (listener_inherit(l))
+		return 0;
+	return lb_error_set(err, LB_ERR_INTERNAL, "Cannot listen.",
+			    "no socket to serve: give --listen ADDR, or start under mod_fcgid, spawn-fcgi "
+			    "or systemd socket activation");
+}
+
+/* The log file, the daemon, the pidfile: in this order, so that the
+ * daemon's pid is the one written and errors before it reach the terminal. */
+static int
+prepare_process(const struct lb_config *cfg, const struct options *opt, const struct listener *l,
+		int *daemon_fd, struct lb_error *err)
+{
+	uid_t uid = (uid_t)-1;
+	gid_t gid = (gid_t)-1;
+
+	if (cfg->log_file != NULL) {
+		/* Workers running as `user` reopen it on SIGUSR1: it is theirs. */
+		if (cfg->user != NULL && proc_resolve_user(cfg->user, &uid, &gid, err) != 0)
+			return -1;
+		if (cfg->group != NULL && proc_resolve_group(cfg->group, &gid, err) != 0)
+			return -1;
+		if (proc_log_open(cfg->log_file, uid, gid, err) != 0)
+			return -1;
+	}
+	if (opt->daemon) {
+		if (l->origin == LISTENER_FD0)
+			return lb_error_set(err, LB_ERR_INTERNAL, "Cannot start.",
+					    "--daemon needs a socket of our own (--listen)");
+		if (proc_daemonize(cfg->log_file != NULL, daemon_fd, err) != 0)
+			return -1;
+	}
+	if (cfg->pidfile != NULL && proc_pidfile_write(cfg->pidfile, err) != 0)
 		return -1;
-	block_signals(&set);
-	for (int i = 0; i < nthreads; i++) {
-		if (pthread_create(&threads[i], NULL, request_thread, srv) != 0)
-			break;
-		started++;
+	return listener_set_nonblocking(l, err);
+}
+
+static int
+run_supervisor(struct options *opt, struct lb_config **cfg, int listen_fd, int daemon_fd)
+{
+	struct supervisor_options so;
+	int rc;
+
+	memset(&so, 0, sizeof(so));
+	so.cfg = *cfg;
+	so.reload = reload_config;
+	so.reload_ctx = opt;
+	so.listen_fd = listen_fd;
+	so.daemon_ready_fd = daemon_fd;
+	rc = supervisor_run(&so);
+	*cfg = so.cfg;   /* a reload may have replaced it */
+	return rc;
+}
+
+/* Alone, or as a process manager's worker (managed: fd 0). */
+static int
+run_single(const struct options *opt, const struct lb_config *cfg, const struct listener *l, int daemon_fd)
+{
+	struct server_options so;
+	struct lb_error err;
+	bool managed = l->origin == LISTENER_FD0;
+
+	if (cfg->max_requests > 0)
+		log_warn("max_requests is ignored without the supervisor (--workers); under mod_fcgid use "
+			 "FcgidMaxRequestsPerProcess");
+	if (proc_drop_privileges(cfg->user, cfg->group, &err) != 0) {
+		log_error("cannot start", "detail", err.detail);
+		return 1;
 	}
-	if (started == 0) {
-		free(threads);
-		return -1;
+	memset(&so, 0, sizeof(so));
+	so.cfg = cfg;
+	so.listen_fd = l->fd;
+	/* A process manager sends one request at a time per process. */
+	so.threads = managed && opt->threads == 0 ? 1 : cfg->threads;
+	so.max_requests = 0;   /* recycling is the process manager's job */
+	so.ready_fd = daemon_fd;
+	so.role = managed ? "managed" : "server";
+	so.notify_systemd = true;
+	return server_run(&so) == SERVER_EXIT_OK ? 0 : 1;
+}
+
+static int
+run_server(struct options *opt, struct lb_config *cfg)
+{
+	struct listener l;
+	struct lb_error err;
+	char *pidfile = NULL;
+	int daemon_fd = -1, rc;
+
+	lb_error_clear(&err);
+	if (open_socket(cfg, &l, &err) != 0) {
+		fprintf(stderr, "lakebase-fcgi: %s\n", err.detail);
+		config_free(cfg);
+		return 1;
 	}
-	snprintf(count, sizeof(count), "%d", started);
-	log_info("serving", "threads", count);
-	sig = wait_for_stop(&set);
-	if (sig == SIGQUIT) {
-		log_warn("SIGQUIT: exiting immediately");
-		_exit(1);
+	if (prepare_process(cfg, opt, &l, &daemon_fd, &err) != 0) {
+		log_error("cannot start", "detail", err.detail);
+		listener_close(&l, true);
+		config_free(cfg);
+		return 1;
 	}
-	log_info("shutting down: finishing in-flight requests");
-	/* Wakes every thread blocked in accept(): libfcgi returns -1 once
-	 * shutdown is pending and accept fails. */
-	FCGX_ShutdownPending();
-	shutdown(srv->listen_fd, SHUT_RDWR);
-	for (int i = 0; i < started; i++)
-		pthread_join(threads[i], NULL);
-	free(threads);
-	return 0;
+	if (cfg->pidfile != NULL && (pidfile = strdup(cfg->pidfile)) == NULL)
+		log_warn("out of memory: the pidfile will stay behind");
+	log_info("listening", "on", l.addr, "socket",
+		 l.origin == LISTENER_SYSTEMD ? "from systemd" :
+		 l.origin == LISTENER_FD0 ? "from the process manager" : "ours");
+	if (cfg->workers != 0)
+		rc = run_supervisor(opt, &cfg, l.fd, daemon_fd);
+	else
+		rc = run_single(opt, cfg, &l, daemon_fd);
+	proc_pidfile_remove(pidfile);
+	free(pidfile);
+	listener_close(&l, l.origin == LISTENER_OPENED);
+	config_free(cfg);
+	log_info("stopped");
+	return rc;
 }
 
 int
@@ -302,46 +532,45 @@ main(int argc, char **argv)
 {
 	struct options opt;
 	struct lb_config *cfg;
-	struct server srv = { NULL, NULL, 0, NULL };
-	struct lb_error err;
 	enum log_level level;
-	int rc, nthreads;
+	bool cgi;
+	int rc;
 
+	if (cgi_query_as_arguments(argc))
+		return cgi_refuse(LB_ERR_BAD_REQUEST, "The query string must be name=value pairs.",
+				  "CGI query without '=' passed as command-line arguments: refused");
 	rc = parse_options(argc, argv, &opt);
 	if (rc != 0)
 		return rc > 0 ? 0 : 2;
+	cgi = cgi_requested(&opt) && !opt.check_config && !opt.cache_status;
 	cfg = load_config(&opt);
-	if (cfg == NULL)
+	if (cfg == NULL) {
+		free(opt.config_file);
+		if (cgi)
+			return cgi_refuse(LB_ERR_INTERNAL, "Internal error.", "the configuration is invalid");
 		return opt.check_config ? 1 : 2;
+	}
+	/* Issue 4's offline view of the shared credential cache. */
+	if (opt.cache_status) {
+		rc = credcache_print_status(cfg, stdout);
+		config_free(cfg);
+		free(opt.config_file);
+		return rc;
+	}
 	if (opt.check_config) {
 		printf("configuration OK: %zu route%s\n", cfg->nroutes, cfg->nroutes == 1 ? "" : "s");
 		config_free(cfg);
+		free(opt.config_file);
 		return 0;
 	}
 	if (log_parse_level(cfg->log_level, &level) == 0)
 		log_set_level(level);
-	nthreads = opt.threads > 0 ? opt.threads : cfg->threads;
-	srv.cfg = cfg;
-
-	if (FCGX_Init() != 0 || open_listener(&srv, opt.listen ? opt.listen : cfg->listen, &opt) != 0) {
+	if (cgi) {
+		rc = server_run_cgi(cfg);
 		config_free(cfg);
-		free(srv.unix_path);
-		return 1;
-	}
-	lb_error_clear(&err);
-	srv.worker = worker_create(cfg, &err);
-	if (srv.worker == NULL) {
-		fprintf(stderr, "lakebase-fcgi: cannot start: %s\n", err.detail);
-		rc = 1;
 	} else {
-		rc = serve(&srv, nthreads) == 0 ? 0 : 1;
-		worker_destroy(srv.worker);
+		rc = run_server(&opt, cfg);
 	}
-	if (srv.unix_path != NULL) {
-		unlink(srv.unix_path);
-		free(srv.unix_path);
-	}
-	config_free(cfg);
-	log_info("stopped");
+	free(opt.config_file);
 	return rc;
 }

@@ -26,6 +26,7 @@
 
 #define MSG_UNAVAILABLE "The database is not available; try again shortly."
 #define MSG_POOL_EXHAUSTED "No database connection is available; try again shortly."
+#define HOST_POLL_MS 50   /* capacity freed by other processes wakes nobody here: poll */
 
 struct pool_conn {
 	PGconn *pg;
@@ -62,6 +63,7 @@ struct conn_budget {
 	int used;
 	int waiting;
 	struct pool *pools;       /* every pool sharing the budget */
+	struct conn_budget_host host; /* host.take NULL: no host-wide cap */
 };
 
 static int64_t
@@ -421,6 +423,22 @@ conn_budget_destroy(struct conn_budget *b)
 	free(b);
 }
 
+void
+conn_budget_set_host(struct conn_budget *b, const struct conn_budget_host *host)
+{
+	pthread_mutex_lock(&b->lock);
+	b->host = *host;
+	pthread_mutex_unlock(&b->lock);
+}
+
+/* The host-wide share of n units, given back (budget lock held). */
+static void
+host_give(struct conn_budget *b, int n)
+{
+	if (b->host.give != NULL && n > 0)
+		b->host.give(b->host.ctx, n);
+}
+
 int
 conn_budget_used(struct conn_budget *b)
 {
@@ -440,6 +458,7 @@ budget_give(struct conn_budget *b, int n)
 		return;
 	pthread_mutex_lock(&b->lock);
 	b->used -= n;
+	host_give(b, n);
 	if (b->waiting > 0)
 		pthread_cond_broadcast(&b->changed);
 	pthread_mutex_unlock(&b->lock);
@@ -497,29 +516,63 @@ budget_evict_locked(struct conn_budget *b, const struct pool *requester)
 		return true;   /* it went busy meanwhile: look again */
 	close_conn(victim, conn, "evicted");
 	b->used--;
+	host_give(b, 1);
 	return true;
 }
 
-enum budget_take { BUDGET_TAKEN, BUDGET_RECHECK, BUDGET_TIMEOUT };
+enum budget_take { BUDGET_TAKEN, BUDGET_RECHECK, BUDGET_TIMEOUT, BUDGET_HOST_TIMEOUT };
+
+static bool
+timespec_before(const struct timespec *a, const struct timespec *b)
+{
+	return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
 
 /*
- * Takes one unit for `pool`, evicting another pool's idle connection when
- * the budget is spent. Gives up at `deadline`, or returns BUDGET_RECHECK
- * when the pool itself got an idle connection meanwhile (use that instead).
+ * Waits for the budget to change until `deadline`; at the host's cap, at
+ * most HOST_POLL_MS (other processes free capacity without waking us).
+ * Returns true once the deadline has passed.
+ */
+static bool
+budget_wait(struct conn_budget *b, const struct timespec *deadline, bool host_full)
+{
+	struct timespec until = *deadline, poll, now;
+
+	if (host_full) {
+		deadline_after_ms(&poll, HOST_POLL_MS);
+		if (timespec_before(&poll, &until))
+			until = poll;
+	}
+	b->waiting++;
+	pthread_cond_timedwait(&b->changed, &b->lock, &until);
+	b->waiting--;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return !timespec_before(&now, deadline);
+}
+
+/*
+ * Takes one unit for `pool` (and one from the host, when the budget has a
+ * host-wide cap), evicting another pool's idle connection when either is
+ * spent. Gives up at `deadline`, or returns BUDGET_RECHECK when the pool
+ * itself got an idle connection meanwhile (use that instead).
  */
 static enum budget_take
 budget_take(struct conn_budget *b, struct pool *pool, const struct timespec *deadline)
 {
 	enum budget_take result;
-	bool timed_out = false;
+	bool timed_out = false, host_full;
 	int own_idle;
 
 	pthread_mutex_lock(&b->lock);
 	for (;;) {
+		host_full = false;
 		if (b->used < b->max) {
-			b->used++;
-			result = BUDGET_TAKEN;
-			break;
+			if (b->host.take == NULL || b->host.take(b->host.ctx) == 0) {
+				b->used++;
+				result = BUDGET_TAKEN;
+				break;
+			}
+			host_full = true;
 		}
 		if (budget_evict_locked(b, pool))
 			continue;
@@ -531,12 +584,10 @@ budget_take(struct conn_budget *b, struct pool *pool, const struct timespec *dea
 			break;
 		}
 		if (timed_out) {
-			result = BUDGET_TIMEOUT;
+			result = host_full ? BUDGET_HOST_TIMEOUT : BUDGET_TIMEOUT;
 			break;
 		}
-		b->waiting++;
-		timed_out = pthread_cond_timedwait(&b->changed, &b->lock, deadline) != 0;
-		b->waiting--;
+		timed_out = budget_wait(b, deadline, host_full);
 	}
 	pthread_mutex_unlock(&b->lock);
 	return result;
@@ -727,11 +778,12 @@ slot_unreserved(struct pool *pool)
 }
 
 static int
-acquire_timed_out(struct pool *pool, struct lb_error *err)
+acquire_timed_out(struct pool *pool, bool host_full, struct lb_error *err)
 {
 	lb_error_set(err, LB_ERR_UNAVAILABLE, MSG_POOL_EXHAUSTED,
-		     "pool %s: no connection within %d ms (max %d)",
-		     pool->label, pool->settings.acquire_timeout_ms, pool->settings.max);
+		     "pool %s: no connection within %d ms (max %d)%s",
+		     pool->label, pool->settings.acquire_timeout_ms, pool->settings.max,
+		     host_full ? "; the host's connection budget (max_host_connections) is spent" : "");
 	mark_transient(err, NULL);
 	return -1;
 }
@@ -750,6 +802,7 @@ pool_acquire_as(struct pool *pool, const struct pool_source *source, struct pool
 	struct timespec deadline;
 	struct pool_conn *conn = NULL;
 	const char *problem;
+	enum budget_take budget;
 	enum take took;
 
 	if (err == NULL)
@@ -765,18 +818,15 @@ pool_acquire_as(struct pool *pool, const struct pool_source *source, struct pool
 		pthread_mutex_unlock(&pool->lock);
 
 		if (took == TAKE_TIMEOUT)
-			return acquire_timed_out(pool, err);
+			return acquire_timed_out(pool, false, err);
 		if (took == TAKE_SLOT) {
-			switch (pool->budget ? budget_take(pool->budget, pool, &deadline) : BUDGET_TAKEN) {
-			case BUDGET_TAKEN:
+			budget = pool->budget ? budget_take(pool->budget, pool, &deadline) : BUDGET_TAKEN;
+			if (budget == BUDGET_TAKEN)
 				return open_into_slot(pool, source, out, err);
-			case BUDGET_RECHECK:
-				slot_unreserved(pool);
+			slot_unreserved(pool);
+			if (budget == BUDGET_RECHECK)
 				continue;
-			case BUDGET_TIMEOUT:
-				slot_unreserved(pool);
-				return acquire_timed_out(pool, err);
-			}
+			return acquire_timed_out(pool, budget == BUDGET_HOST_TIMEOUT, err);
 		}
 		problem = idle_conn_problem(conn);
 		if (problem == NULL) {

@@ -55,6 +55,23 @@ void conn_budget_destroy(struct conn_budget *budget);
 /* Physical connections currently counted (opening, open or closing). */
 int conn_budget_used(struct conn_budget *budget);
 
+/*
+ * A host-wide cap on top of the budget's own (max_host_connections: all
+ * processes of the host together, counted in the shared segment; see
+ * credential.h). Every unit the budget takes is also taken from the host:
+ * take returns 0, or -1 when the host is at its cap; give returns n. At
+ * the host's cap the budget first closes an idle connection of another
+ * pool of this process, else waits (polling the host) until the acquire
+ * deadline, then fails with 503 and Retry-After.
+ */
+struct conn_budget_host {
+	int (*take)(void *ctx);
+	void (*give)(void *ctx, int n);
+	void *ctx;
+};
+/* Set before any pool uses the budget. */
+void conn_budget_set_host(struct conn_budget *budget, const struct conn_budget_host *host);
+
 struct pool_stats {
 	int open;      /* physical connections */
 	int idle;

@@ -1,7 +1,9 @@
 /*
- * request.c - fills struct http_request from a FastCGI request and sends
- * struct http_response back. The only file of the request path that knows
- * libfcgi.
+ * request.c - fills struct http_request from a FastCGI request (or, in CGI
+ * mode, from the environment and stdin) and sends struct http_response
+ * back. The only file of the request path that knows libfcgi. Both kinds
+ * of request are a CGI-style environment plus a body stream, so everything
+ * but reading and writing bytes is shared.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -16,24 +18,23 @@
 
 #define HEADER_NAME_MAX 128
 
+/* ctx: a NULL-terminated "NAME=value" array (FastCGI params, environ). */
 static const char *
-fcgx_param(void *ctx, const char *name)
+env_param(void *ctx, const char *name)
 {
-	FCGX_Request *fcgx = ctx;
-
-	return FCGX_GetParam(name, fcgx->envp);
+	return FCGX_GetParam(name, ctx);
 }
 
 /* Counts NAME=... entries: nginx passes a header sent twice (in any
  * letter case) as two parameters, and FCGX_GetParam sees only the first. */
 static int
-fcgx_param_count(void *ctx, const char *name)
+env_param_count(void *ctx, const char *name)
 {
-	FCGX_Request *fcgx = ctx;
+	char **envp = ctx;
 	size_t n = strlen(name);
 	int count = 0;
 
-	for (char **e = fcgx->envp; e != NULL && *e != NULL; e++) {
+	for (char **e = envp; e != NULL && *e != NULL; e++) {
 		if (strncmp(*e, name, n) == 0 && (*e)[n] == '=')
 			count++;
 	}
@@ -131,17 +132,17 @@ parse_content_length(const char *text)
 /* The request path: REQUEST_URI up to '?' (nginx, Apache), else
  * SCRIPT_NAME + PATH_INFO (servers that omit REQUEST_URI). */
 static char *
-request_path(FCGX_Request *fcgx)
+request_path(char **envp)
 {
-	const char *uri = FCGX_GetParam("REQUEST_URI", fcgx->envp);
+	const char *uri = FCGX_GetParam("REQUEST_URI", envp);
 	struct strbuf sb;
 
 	strbuf_init(&sb);
 	if (uri != NULL && *uri != '\0') {
 		strbuf_append(&sb, uri, strcspn(uri, "?#"));
 	} else {
-		const char *script = FCGX_GetParam("SCRIPT_NAME", fcgx->envp);
-		const char *info = FCGX_GetParam("PATH_INFO", fcgx->envp);
+		const char *script = FCGX_GetParam("SCRIPT_NAME", envp);
+		const char *info = FCGX_GetParam("PATH_INFO", envp);
 
 		strbuf_append_str(&sb, script ? script : "");
 		strbuf_append_str(&sb, info ? info : "");
@@ -155,8 +156,25 @@ request_path(FCGX_Request *fcgx)
 	return strbuf_detach(&sb, NULL);
 }
 
+/* Reads up to n bytes of the body; 0 at its end, -1 on an error. */
+typedef int (*body_read_fn)(void *ctx, char *buf, int n);
+
 static int
-read_body(FCGX_Request *fcgx, long max_body, struct http_request *req, struct lb_error *err)
+fcgx_read(void *ctx, char *buf, int n)
+{
+	return FCGX_GetStr(buf, n, ctx);
+}
+
+static int
+stdio_read(void *ctx, char *buf, int n)
+{
+	size_t got = fread(buf, 1, (size_t)n, ctx);
+
+	return got > 0 ? (int)got : (ferror((FILE *)ctx) ? -1 : 0);
+}
+
+static int
+read_body(body_read_fn read_fn, void *in, long max_body, struct http_request *req, struct lb_error *err)
 {
 	long want = req->content_length;
 	size_t cap;
@@ -170,8 +188,8 @@ read_body(FCGX_Request *fcgx, long max_body, struct http_request *req, struct lb
 	if (req->body == NULL)
 		return lb_error_set(err, LB_ERR_INTERNAL, "Out of memory.", "body allocation of %zu bytes", cap);
 	while (req->body_len < cap) {
-		n = FCGX_GetStr(req->body + req->body_len, (int)(cap - req->body_len > 65536 ? 65536 : cap - req->body_len),
-				fcgx->in);
+		n = read_fn(in, req->body + req->body_len,
+			    (int)(cap - req->body_len > 65536 ? 65536 : cap - req->body_len));
 		if (n <= 0)
 			break;
 		req->body_len += (size_t)n;
@@ -186,41 +204,54 @@ read_body(FCGX_Request *fcgx, long max_body, struct http_request *req, struct lb
 	return 0;
 }
 
-int
-request_from_fcgx(FCGX_Request *fcgx, long max_body, struct http_request *req, struct lb_error *err)
+static int
+request_fill(char **envp, body_read_fn read_fn, void *in, long max_body, struct http_request *req,
+	     struct lb_error *err)
 {
 	const char *rid;
 	const char *query;
 
 	memset(req, 0, sizeof(*req));
-	req->param = fcgx_param;
-	req->param_count = fcgx_param_count;
-	req->param_ctx = fcgx;
-	rid = FCGX_GetParam("HTTP_X_REQUEST_ID", fcgx->envp);
+	req->param = env_param;
+	req->param_count = env_param_count;
+	req->param_ctx = envp;
+	rid = FCGX_GetParam("HTTP_X_REQUEST_ID", envp);
 	if (rid != NULL && request_id_is_sane(rid))
 		snprintf(req->request_id, sizeof(req->request_id), "%s", rid);
 	else
 		request_generate_id(req->request_id);
 
-	req->method = FCGX_GetParam("REQUEST_METHOD", fcgx->envp);
+	req->method = FCGX_GetParam("REQUEST_METHOD", envp);
 	if (req->method == NULL)
 		req->method = "GET";
-	query = FCGX_GetParam("QUERY_STRING", fcgx->envp);
+	query = FCGX_GetParam("QUERY_STRING", envp);
 	req->query = query ? query : "";
-	req->content_type = FCGX_GetParam("CONTENT_TYPE", fcgx->envp);
+	req->content_type = FCGX_GetParam("CONTENT_TYPE", envp);
 	if (req->content_type != NULL && *req->content_type == '\0')
 		req->content_type = NULL;
-	req->path = request_path(fcgx);
+	req->path = request_path(envp);
 	if (req->path == NULL)
 		return lb_error_set(err, LB_ERR_INTERNAL, "Out of memory.", "request path");
 
-	req->content_length = parse_content_length(FCGX_GetParam("CONTENT_LENGTH", fcgx->envp));
+	req->content_length = parse_content_length(FCGX_GetParam("CONTENT_LENGTH", envp));
 	if (req->content_length == -2)
 		return lb_error_set(err, LB_ERR_BAD_REQUEST, "Invalid Content-Length.", "bad CONTENT_LENGTH");
 	if (req->content_length > max_body)
 		return lb_error_set(err, LB_ERR_PAYLOAD_TOO_LARGE, "The request body is too large.",
 				    "Content-Length %ld over the limit of %ld", req->content_length, max_body);
-	return read_body(fcgx, max_body, req, err);
+	return read_body(read_fn, in, max_body, req, err);
+}
+
+int
+request_from_fcgx(FCGX_Request *fcgx, long max_body, struct http_request *req, struct lb_error *err)
+{
+	return request_fill(fcgx->envp, fcgx_read, fcgx->in, max_body, req, err);
+}
+
+int
+request_from_cgi(char **envp, FILE *in, long max_body, struct http_request *req, struct lb_error *err)
+{
+	return request_fill(envp, stdio_read, in, max_body, req, err);
 }
 
 void
@@ -277,8 +308,23 @@ status_reason(int status)
 	}
 }
 
-int
-response_send_fcgx(FCGX_Request *fcgx, const struct http_response *resp)
+/* Writes n bytes; -1 on an error. */
+typedef int (*body_write_fn)(void *ctx, const char *buf, size_t n);
+
+static int
+fcgx_write(void *ctx, const char *buf, size_t n)
+{
+	return FCGX_PutStr(buf, (int)n, ctx) < 0 ? -1 : 0;
+}
+
+static int
+stdio_write(void *ctx, const char *buf, size_t n)
+{
+	return fwrite(buf, 1, n, ctx) == n ? 0 : -1;
+}
+
+static int
+response_send(body_write_fn write_fn, void *out, const struct http_response *resp)
 {
 	struct strbuf head;
 	int rc = 0;
@@ -291,12 +337,26 @@ response_send_fcgx(FCGX_Request *fcgx, const struct http_response *resp)
 	strbuf_append(&head, "\r\n", 2);
 	if (strbuf_failed(&head) || strbuf_failed(&resp->headers) || strbuf_failed(&resp->body))
 		rc = -1;
-	else if (FCGX_PutStr(head.data, (int)head.len, fcgx->out) < 0)
+	else if (write_fn(out, head.data, head.len) != 0)
 		rc = -1;
-	else if (resp->body.len > 0 && FCGX_PutStr(resp->body.data, (int)resp->body.len, fcgx->out) < 0)
+	else if (resp->body.len > 0 && write_fn(out, resp->body.data, resp->body.len) != 0)
 		rc = -1;
 	strbuf_free(&head, false);
 	return rc;
+}
+
+int
+response_send_fcgx(FCGX_Request *fcgx, const struct http_response *resp)
+{
+	return response_send(fcgx_write, fcgx->out, resp);
+}
+
+int
+response_send_cgi(FILE *out, const struct http_response *resp)
+{
+	if (response_send(stdio_write, out, resp) != 0)
+		return -1;
+	return fflush(out) == 0 ? 0 : -1;
 }
 
 void

@@ -7,6 +7,7 @@
 #define LB_REQUEST_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <fcgiapp.h>
 
 #include "error.h"
@@ -49,11 +50,18 @@ int request_header_count(const struct http_request *req, const char *name);
  */
 int request_from_fcgx(FCGX_Request *fcgx, long max_body, struct http_request *req,
 		      struct lb_error *err);
+/* The same for CGI: the parameters are envp (environ), the body is read
+ * from `in` (stdin). */
+int request_from_cgi(char **envp, FILE *in, long max_body, struct http_request *req,
+		     struct lb_error *err);
 void request_free(struct http_request *req);
 
 void response_init(struct http_response *resp);
 void response_add_header(struct http_response *resp, const char *name, const char *value);
 int response_send_fcgx(FCGX_Request *fcgx, const struct http_response *resp);
+/* Writes the response as CGI output ("Status: ..." and headers, a blank
+ * line, the body) and flushes `out`. */
+int response_send_cgi(FILE *out, const struct http_response *resp);
 void response_free(struct http_response *resp);
 
 /* A fresh random request id (32 hex chars). buf has REQUEST_ID_MAX+1 bytes. */

@@ -157,6 +157,14 @@ worker_create(const struct lb_config *cfg, struct lb_error *err)
 	sp_source.auth_failed = sp_auth_failed;
 	sp_source.ctx = w;
 	w->budget = conn_budget_create(cfg->max_connections);
+	if (w->budget != NULL && credcache_max_host_connections(w->creds) > 0) {
+		/* max_host_connections: every process of the host together. */
+		struct conn_budget_host host = {
+			credcache_host_conn_take, credcache_host_conn_give, w->creds
+		};
+
+		conn_budget_set_host(w->budget, &host);
+	}
 	w->sp_pool = w->budget ? pool_create(cfg, &cfg->sp_pool, &sp_source, "sp", w->budget) : NULL;
 	w->users = w->sp_pool ? userpools_create(cfg, w->creds, w->budget) : NULL;
 	if (w->users == NULL) {

@@ -1202,6 +1202,25 @@ workspace_sp_token(struct workspace_client *ws, char **token, struct lb_error *e
 	return copied == 1 ? 0 : -1;
 }
 
+bool
+workspace_sp_uses_m2m(const struct workspace_client *ws)
+{
+	return has_client_credentials(ws);
+}
+
+int
+workspace_fetch_sp_token(struct workspace_client *ws, char **token, long *expires_in,
+			 struct lb_error *err)
+{
+	*token = NULL;
+	*expires_in = 0;
+	if (!has_client_credentials(ws))
+		return lb_error_fail(err, LB_ERR_INTERNAL, LB_PERMANENT, MSG_INTERNAL,
+				     "no OAuth M2M client credentials configured "
+				     "(DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET)");
+	return fetch_sp_token(ws, token, expires_in, err);
+}
+
 /* The workspace said 401 to `bearer`: if it is the cached SP token, drop it
  * so the next call fetches a new one instead of reusing a revoked token. */
 static void

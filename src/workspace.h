@@ -20,6 +20,7 @@
 #ifndef LB_WORKSPACE_H
 #define LB_WORKSPACE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <time.h>
 
@@ -45,6 +46,19 @@ void workspace_destroy(struct workspace_client *ws);
  * *token is the caller's: free with secret_free().
  */
 int workspace_sp_token(struct workspace_client *ws, char **token, struct lb_error *err);
+
+/* Whether the SP authenticates by OAuth M2M (client id and secret) rather
+ * than a static DATABRICKS_TOKEN. */
+bool workspace_sp_uses_m2m(const struct workspace_client *ws);
+
+/*
+ * Fetches a new M2M token, bypassing this client's per-process cache: for a
+ * cache shared by processes (credential.c keeps it in shared memory).
+ * *expires_in is the token's lifetime in seconds. Free *token with
+ * secret_free().
+ */
+int workspace_fetch_sp_token(struct workspace_client *ws, char **token, long *expires_in,
+			     struct lb_error *err);
 
 /* Mints a database credential with the given workspace bearer token. */
 int workspace_mint_credential(struct workspace_client *ws, const char *bearer_token,

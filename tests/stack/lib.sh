@@ -40,6 +40,9 @@ STACK_WORKER_CONFIG=${LAKEBASE_WORKER_CONFIG:-$STACK_REPO/tests/stack/worker.jso
 STACK_WORKER_PID=$STACK_DIR/worker.pid
 STACK_WORKER_LOG=$STACK_DIR/worker.log
 STACK_FCGI_SOCK=$STACK_DIR/fcgi.sock
+# The host's shared credential cache (credential_cache.path), in the state
+# dir rather than /run/lakebase-fcgi: LAKEBASE_CREDENTIAL_CACHE_PATH.
+STACK_CACHE_FILE=$STACK_DIR/credentials.shm
 
 STACK_NGINX_DIR=$STACK_DIR/nginx         # nginx prefix: conf, temp dirs
 STACK_NGINX_CONF=$STACK_NGINX_DIR/nginx.conf
@@ -292,6 +295,7 @@ worker_env_defaults() {
 	export PGSSLMODE=${PGSSLMODE:-verify-full}
 	export PGSSLROOTCERT=${PGSSLROOTCERT:-$STACK_CA}
 	export PGAPPNAME=${PGAPPNAME:-lakebase-fcgi}
+	export LAKEBASE_CREDENTIAL_CACHE_PATH=${LAKEBASE_CREDENTIAL_CACHE_PATH:-$STACK_CACHE_FILE}
 	# A password from the caller's shell must never stand in for a credential.
 	unset PGPASSWORD PGPASSFILE
 }
@@ -315,6 +319,9 @@ worker_start() {
 	# A SIGKILLed worker leaves its socket file behind; nobody else owns it.
 	pidfile_alive "$STACK_WORKER_PID" && stack_die "worker already running"
 	rm -f "$STACK_FCGI_SOCK"
+	# A new worker starts with an empty credential cache, as tests expect
+	# (the segment outlives processes by design; no other process uses it).
+	rm -f "${LAKEBASE_CREDENTIAL_CACHE_PATH:-$STACK_CACHE_FILE}"
 	( worker_env_defaults
 	  start_bg worker "$STACK_WORKER_PID" "$STACK_WORKER_LOG" \
 		"$STACK_WORKER_BIN" -c "$config" --listen "unix:$STACK_FCGI_SOCK" \

@@ -15,5 +15,7 @@ void register_responder_tests(void);
 void register_workspace_tests(void);
 void register_retry_tests(void);
 void register_identity_tests(void);
+void register_process_tests(void);
+void register_shm_tests(void);
 
 #endif

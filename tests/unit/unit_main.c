@@ -24,6 +24,8 @@ main(void)
 	register_workspace_tests();
 	register_retry_tests();
 	register_identity_tests();
+	register_process_tests();
+	register_shm_tests();
 	CU_basic_set_mode(CU_BRM_NORMAL);
 	CU_basic_run_tests();
 	failed = CU_get_number_of_tests_failed();
