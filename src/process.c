@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -123,6 +124,12 @@ switch_ids(const char *user_name, uid_t uid, gid_t gid, struct lb_error *err)
 				    (unsigned long)uid, strerror(errno));
 	if (uid != 0 && (setuid(0) == 0 || seteuid(0) == 0))
 		return lb_error_set(err, LB_ERR_INTERNAL, MSG_STARTUP, "privileges were not dropped: root regained");
+#ifdef LB_SANITIZER_BUILD
+	/* Changing ids makes the process non-dumpable, and LeakSanitizer then
+	 * cannot inspect it at exit. Sanitizer (test) builds only: a production
+	 * worker holds credentials and must stay non-dumpable. */
+	prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
+#endif
 	return 0;
 }
 
