@@ -652,6 +652,19 @@ test_cgi_mode() {
 	expect_eq "$(pg_admin_sql "SELECT owner FROM app.todos WHERE id = '$id'")" "$ALICE" "the row is alice's"
 	cgi_run GET /api/my/todos ''
 	expect_eq "$CGI_STATUS" "Status: 401 Unauthorized" "no identity: 401"
+	# One process per request, but the credential cache is the host's:
+	# once bob's credential is in it, another CGI request mints nothing.
+	local mints_after_first
+	cgi_run GET /api/my/todos '' HTTP_X_FORWARDED_EMAIL=bob@example.com \
+		HTTP_X_FORWARDED_ACCESS_TOKEN=bob-token-1
+	expect_eq "$CGI_STATUS" "Status: 200 OK" "bob through CGI: 200"
+	mints_after_first=$(emu_mints bob@example.com)
+	cgi_run GET /api/my/todos '' HTTP_X_FORWARDED_EMAIL=bob@example.com \
+		HTTP_X_FORWARDED_ACCESS_TOKEN=bob-token-1
+	expect_eq "$CGI_STATUS" "Status: 200 OK" "bob through CGI again: 200"
+	expect_eq "$(jq -r '.[].owner' <<<"$CGI_BODY" | sort -u)" "bob@example.com" "bob sees only his rows"
+	expect_eq "$(emu_mints bob@example.com)" "$mints_after_first" \
+		"the second CGI request minted nothing (shared credential cache)"
 	expect_eq "$CGI_RC" 0 "no identity: still exit status 0 (answered)"
 	# The ISINDEX convention: a query without '=' becomes arguments.
 	( worker_env_defaults
