@@ -25,6 +25,7 @@
 #include <yajl/yajl_tree.h>
 
 #include "config.h"
+#include "log.h"
 #include "strbuf.h"
 
 #define ARRAY_LEN(a)		(sizeof(a) / sizeof((a)[0]))
@@ -95,6 +96,8 @@ static const char *const sslmodes[] = {
 	"disable", "allow", "prefer", "require", "verify-ca", "verify-full", NULL
 };
 static const char *const refresh_modes[] = { "eager", "lazy", NULL };
+static const char *const metrics_allows[] = { "local", "any", NULL };
+static const char *const log_formats[] = { "logfmt", "json", NULL };
 static const char *const timestamp_words[] = {
 	"now", "today", "tomorrow", "yesterday", "infinity", "-infinity", "epoch", NULL
 };
@@ -141,6 +144,12 @@ static const struct field health_fields[] = {
 	F_STR("healthz_path", CFG(healthz_path)),
 	F_STR("readyz_path", CFG(readyz_path)),
 };
+static const struct field metrics_fields[] = {
+	F_BOOL("enabled", CFG(metrics_enabled)),
+	F_STR("path", CFG(metrics_path)),
+	F_CHOICE("allow", CFG(metrics_allow), metrics_allows),
+	F_STR("status_path", CFG(status_path)),
+};
 static const struct field workspace_fields[] = {
 	F_STR("host", CFG(databricks_host)),
 	F_STR("client_id", CFG(client_id)),
@@ -175,6 +184,7 @@ static const struct field credentials_fields[] = {
 };
 
 static const struct section health_section = SECTION(health_fields, 0);
+static const struct section metrics_section = SECTION(metrics_fields, 0);
 static const struct section workspace_section = SECTION(workspace_fields, 0);
 static const struct section postgres_section = SECTION(postgres_fields, 0);
 static const struct section sp_pool_section = SECTION(pool_fields, CFG(sp_pool));
@@ -204,8 +214,12 @@ static const struct field top_fields[] = {
 	F_MODE("socket_mode", CFG(socket_mode)),
 	F_STR("mount_prefix", CFG(mount_prefix)),
 	F_CHOICE("log_level", CFG(log_level), log_levels),
+	F_CHOICE("log_format", CFG(log_format), log_formats),
+	F_BOOL("log_user", CFG(log_user)),
+	F_BOOL("access_log", CFG(access_log)),
 	F_LONG("max_body_bytes", CFG(max_body_bytes), 1, 1073741824),
 	F_SECTION("health", health_section),
+	F_SECTION("metrics", metrics_section),
 	F_SECTION("workspace", workspace_section),
 	F_SECTION("postgres", postgres_section),
 	F_SECTION("pool", sp_pool_section),
@@ -731,6 +745,8 @@ read_section(struct loader *ld, yajl_val obj, const struct section *section,
 			continue;
 		mark = path_push_key(ld, section->fields[k].key);
 		read_field(ld, &section->fields[k], found[k], target, cfg);
+		if (section->fields[k].kind != FK_SECTION && !strbuf_failed(&ld->path))
+			config_note_source(cfg, ld->path.data, "file");
 		path_pop(ld, mark);
 	}
 }
@@ -1998,6 +2014,15 @@ env_value(struct loader *ld, const char *name)
 }
 
 static void
+note_env(struct lb_config *cfg, const char *path, const char *env)
+{
+	char source[64];
+
+	snprintf(source, sizeof(source), "env %s", env);
+	config_note_source(cfg, path, source);
+}
+
+static void
 apply_environment(struct loader *ld, struct lb_config *cfg)
 {
 	const char *v;
@@ -2009,9 +2034,11 @@ apply_environment(struct loader *ld, struct lb_config *cfg)
 		if ((v = env_value(ld, e->env)) != NULL) {
 			store_string(ld, string_field(cfg, e->offset), v, e->secret);
 			ld->origin[s] = e->env;
+			note_env(cfg, e->path, e->env);
 		}
 	}
 	if ((v = env_value(ld, "PGPORT")) != NULL) {
+		note_env(cfg, "postgres.port", "PGPORT");
 		if (valid_port_text(v, strlen(v)))
 			cfg->pg_port = atoi(v);
 		else
@@ -2145,6 +2172,17 @@ check_server(struct loader *ld, const struct lb_config *cfg)
 		problem_at(ld, "health.readyz_path", "%s", bad_path);
 	else if (strcmp(cfg->healthz_path, cfg->readyz_path) == 0)
 		problem_at(ld, "health.readyz_path", "must differ from health.healthz_path");
+	if (!valid_url_path(cfg->metrics_path))
+		problem_at(ld, "metrics.path", "%s", bad_path);
+	else if (strcmp(cfg->metrics_path, cfg->healthz_path) == 0 ||
+		 strcmp(cfg->metrics_path, cfg->readyz_path) == 0)
+		problem_at(ld, "metrics.path", "must differ from the health paths");
+	if (!valid_url_path(cfg->status_path))
+		problem_at(ld, "metrics.status_path", "%s", bad_path);
+	else if (strcmp(cfg->status_path, cfg->healthz_path) == 0 ||
+		 strcmp(cfg->status_path, cfg->readyz_path) == 0 ||
+		 strcmp(cfg->status_path, cfg->metrics_path) == 0)
+		problem_at(ld, "metrics.status_path", "must differ from metrics.path and the health paths");
 	if (!valid_header_name(cfg->email_header))
 		problem_at(ld, "identity.email_header", "must be an HTTP header name");
 	if (!valid_header_name(cfg->token_header))
@@ -2233,8 +2271,10 @@ route_is_path(const struct route *route, const char *path)
 static void
 check_health_conflicts(struct loader *ld, const struct lb_config *cfg)
 {
-	const char *paths[] = { cfg->healthz_path, cfg->readyz_path };
-	const char *keys[] = { "health.healthz_path", "health.readyz_path" };
+	const char *paths[] = { cfg->healthz_path, cfg->readyz_path, cfg->metrics_path, cfg->status_path };
+	const char *keys[] = {
+		"health.healthz_path", "health.readyz_path", "metrics.path", "metrics.status_path"
+	};
 	size_t mark;
 
 	for (size_t i = 0; i < cfg->nroutes; i++) {
@@ -2262,6 +2302,7 @@ config_new(void)
 
 	if (cfg == NULL)
 		return NULL;
+	strbuf_init(&cfg->sources);
 	cfg->threads = 16;
 	cfg->workers = 0;
 	cfg->shutdown_grace_ms = 30000;
@@ -2284,14 +2325,22 @@ config_new(void)
 	cfg->cache_sp_refresh = strdup("eager");
 	cfg->cache_user_refresh = strdup("lazy");
 	cfg->log_level = strdup("info");
+	cfg->log_format = strdup("logfmt");
+	cfg->log_user = false;
+	cfg->access_log = true;
 	cfg->healthz_path = strdup("/healthz");
 	cfg->readyz_path = strdup("/readyz");
+	cfg->metrics_enabled = true;
+	cfg->metrics_path = strdup("/metrics");
+	cfg->metrics_allow = strdup("local");
+	cfg->status_path = strdup("/status");
 	cfg->pg_database = strdup("databricks_postgres");
 	cfg->pg_sslmode = strdup("verify-full");
 	cfg->pg_appname = strdup("lakebase-fcgi");
 	cfg->email_header = strdup("X-Forwarded-Email");
 	cfg->token_header = strdup("X-Forwarded-Access-Token");
-	if (!cfg->log_level || !cfg->healthz_path || !cfg->readyz_path || !cfg->pg_database ||
+	if (!cfg->log_level || !cfg->log_format || !cfg->healthz_path || !cfg->readyz_path ||
+	    !cfg->metrics_path || !cfg->metrics_allow || !cfg->status_path || !cfg->pg_database ||
 	    !cfg->pg_sslmode || !cfg->pg_appname || !cfg->email_header || !cfg->token_header ||
 	    !cfg->cache_path || !cfg->cache_sp_refresh || !cfg->cache_user_refresh) {
 		config_free(cfg);
@@ -2567,7 +2616,12 @@ config_free(struct lb_config *cfg)
 	free(cfg->socket_group);
 	free(cfg->mount_prefix);
 	free(cfg->log_level);
+	strbuf_free(&cfg->sources, false);
 	free(cfg->healthz_path);
+	free(cfg->metrics_path);
+	free(cfg->log_format);
+	free(cfg->metrics_allow);
+	free(cfg->status_path);
 	free(cfg->readyz_path);
 	free(cfg->databricks_host);
 	free(cfg->client_id);
@@ -2627,4 +2681,115 @@ const char *
 param_type_name(enum param_type type)
 {
 	return (unsigned)type < ARRAY_LEN(type_names) - 1 ? type_names[type] : "unknown";
+}
+
+void
+config_apply_logging(const struct lb_config *cfg)
+{
+	enum log_level level;
+
+	if (log_parse_level(cfg->log_level, &level) == 0)
+		log_set_level(level);
+	log_set_format(strcmp(cfg->log_format, "json") == 0 ? LOG_FMT_JSON : LOG_FMT_LOGFMT);
+	log_set_redact_emails(!cfg->log_user);
+}
+
+void
+config_note_source(struct lb_config *cfg, const char *path, const char *source)
+{
+	strbuf_appendf(&cfg->sources, "%s=%s\n", path, source);
+}
+
+/* The last source recorded for `path`, or "default". */
+static const char *
+source_of(const struct lb_config *cfg, const char *path, char *buf, size_t size)
+{
+	const char *p = cfg->sources.data, *found = NULL;
+	size_t n = strlen(path);
+
+	for (; p != NULL && *p != '\0'; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+		if (strncmp(p, path, n) == 0 && p[n] == '=')
+			found = p + n + 1;
+	}
+	if (found == NULL)
+		return "default";
+	snprintf(buf, size, "%.*s", (int)strcspn(found, "\n"), found);
+	return buf;
+}
+
+static void
+print_value(const struct field *f, const char *target, FILE *out)
+{
+	const void *at = target + f->offset;
+
+	switch (f->kind) {
+	case FK_STRING:
+	case FK_CHOICE: {
+		const char *v = *(char *const *)at;
+
+		if (v == NULL)
+			fputs("(unset)", out);
+		else if (f->secret)
+			fputs("********", out);	/* set: never the value */
+		else
+			fprintf(out, "\"%s\"", v);
+		break;
+	}
+	case FK_INT:
+		fprintf(out, "%d", *(const int *)at);
+		break;
+	case FK_WORKERS:
+		if (*(const int *)at == CONFIG_WORKERS_AUTO)
+			fputs("auto", out);
+		else
+			fprintf(out, "%d", *(const int *)at);
+		break;
+	case FK_MODE:
+		if (*(const int *)at == CONFIG_SOCKET_MODE_UNSET)
+			fputs("0660", out);
+		else
+			fprintf(out, "0%o", (unsigned)*(const int *)at);
+		break;
+	case FK_LONG:
+		fprintf(out, "%ld", *(const long *)at);
+		break;
+	case FK_BOOL:
+		fputs(*(const bool *)at ? "true" : "false", out);
+		break;
+	default:
+		fputs("?", out);
+		break;
+	}
+}
+
+static void
+print_section(const struct lb_config *cfg, const struct section *section, const char *prefix, FILE *out)
+{
+	const char *target = (const char *)cfg + section->target;
+	char path[128], source[96];
+
+	for (size_t k = 0; k < section->nfields; k++) {
+		const struct field *f = &section->fields[k];
+
+		snprintf(path, sizeof(path), "%s%s%s", prefix, prefix[0] ? "." : "", f->key);
+		if (f->kind == FK_SECTION) {
+			print_section(cfg, f->section, path, out);
+			continue;
+		}
+		if (f->kind == FK_ROUTES) {
+			fprintf(out, "  %-40s %zu  (%s)\n", path, cfg->nroutes,
+				cfg->nroutes > 0 ? "file" : "default");
+			continue;
+		}
+		fprintf(out, "  %-40s ", path);
+		print_value(f, target, out);
+		fprintf(out, "  (%s)\n", source_of(cfg, path, source, sizeof(source)));
+	}
+}
+
+void
+config_print_effective(const struct lb_config *cfg, FILE *out)
+{
+	fputs("effective settings (value, source):\n", out);
+	print_section(cfg, &top_section, "", out);
 }

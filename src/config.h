@@ -31,6 +31,8 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "strbuf.h"
+
 enum auth_mode { AUTH_SERVICE_PRINCIPAL = 0, AUTH_ON_BEHALF_OF_USER };
 
 /* "workers": "auto" — one worker process per online CPU. */
@@ -88,13 +90,26 @@ struct pool_settings {
 };
 
 struct lb_config {
+	/* where settings came from, for --check-config: "path=source\n" lines
+	 * (source "file", "env NAME" or "command line"); absent: default */
+	struct strbuf sources;
+
 	/* server */
 	char *listen;            /* "127.0.0.1:9000" or "unix:/path"; NULL = fd 0 */
 	int threads;
 	char *log_level;
+	char *log_format;        /* "logfmt" (default) or "json" */
+	bool log_user;           /* the user's email may appear in logs (false) */
+	bool access_log;         /* a line per request (true); false: only 5xx */
 	long max_body_bytes;
 	char *healthz_path;
 	char *readyz_path;
+
+	/* observability (README "Observability") */
+	bool metrics_enabled;    /* metrics.enabled (true) */
+	char *metrics_path;      /* metrics.path ("/metrics") */
+	char *metrics_allow;     /* metrics.allow: "local" (loopback/unix clients, default) or "any" */
+	char *status_path;       /* metrics.status_path ("/status"), same switch and clients */
 
 	/* process model (supervisor, managed, CGI: README "Deployment") */
 	int workers;             /* 0: one process, no supervisor; CONFIG_WORKERS_AUTO: one per CPU */
@@ -183,6 +198,16 @@ void config_print_problems(FILE *out, const struct config_problems *problems);
 
 /* Names used in config and messages. */
 const char *auth_mode_name(enum auth_mode mode);
+/* Records that `path` ("listen") was set by `source` ("command line"). */
+void config_note_source(struct lb_config *cfg, const char *path, const char *source);
+/*
+ * --check-config: every setting's effective value and where it came from
+ * (file, env NAME, command line, default), one per line; secrets masked.
+ */
+void config_print_effective(const struct lb_config *cfg, FILE *out);
+
+/* Sets the log level, format and email masking from cfg (log.h). */
+void config_apply_logging(const struct lb_config *cfg);
 const char *param_type_name(enum param_type type);
 
 #endif

@@ -38,6 +38,7 @@
 
 #include "credential.h"
 #include "log.h"
+#include "metrics.h"
 #include "retry.h"
 #include "shm.h"
 
@@ -596,6 +597,7 @@ refresh(struct credcache *cc, struct target *t, struct credential *out, struct l
 	struct minted m = { 0 };
 	const char *role;
 	uint64_t claim_id;
+	int64_t started_ms;
 	bool need_role;
 	int rc;
 
@@ -604,7 +606,9 @@ refresh(struct credcache *cc, struct target *t, struct credential *out, struct l
 	need_role = t->kind == SHM_KIND_SP && cc->sp_role == NULL && sl->role[0] == '\0';
 	shm_unlock(cc->shm);
 	lb_error_clear(&mint_err);
+	started_ms = shm_monotonic_ms();
 	rc = mint(cc, t, need_role, &m, &mint_err);
+	metrics_refresh_duration((long long)(shm_monotonic_ms() - started_ms) * 1000);
 	shm_lock(cc->shm);
 	publish(cc, t, claim_id, rc, &m, &mint_err, report);
 
@@ -1018,6 +1022,12 @@ credcache_destroy(struct credcache *cc)
 
 /* ------------------------------------------------------------------ */
 /* the host-wide connection budget */
+
+struct shm *
+credcache_shm(struct credcache *cc)
+{
+	return cc->shm;
+}
 
 int
 credcache_max_host_connections(const struct credcache *cc)

@@ -77,6 +77,10 @@ void credential_clear(struct credential *cred);
  * take returns 0, or -1 when the host is at its cap; give returns n.
  */
 int credcache_max_host_connections(const struct credcache *cc);
+
+/* The shared segment (metrics live in it too; metrics.h). */
+struct shm;
+struct shm *credcache_shm(struct credcache *cc);
 int credcache_host_conn_take(void *credcache);
 void credcache_host_conn_give(void *credcache, int n);
 

@@ -1,21 +1,27 @@
 /*
- * log.c - logfmt lines on stderr, one write(2) per line so lines from
- * concurrent threads and processes never interleave.
+ * log.c - logfmt or JSON lines on stderr, one write(2) per line so lines
+ * from concurrent threads and processes never interleave. JSON is written
+ * with yajl_gen, like every other JSON of the project.
  */
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <yajl/yajl_gen.h>
+
 #include "log.h"
 #include "strbuf.h"
 
 static atomic_int current_level = LOG_LVL_INFO;
+static atomic_int current_format = LOG_FMT_LOGFMT;
+static atomic_bool redact_emails = true;
 
 static const char *const level_names[] = { "debug", "info", "warn", "error" };
 
@@ -23,6 +29,54 @@ void
 log_set_level(enum log_level level)
 {
 	atomic_store(&current_level, (int)level);
+}
+
+void
+log_set_format(enum log_format format)
+{
+	atomic_store(&current_format, (int)format);
+}
+
+void
+log_set_redact_emails(bool redact)
+{
+	atomic_store(&redact_emails, redact);
+}
+
+/* Characters that end an email-like word. */
+static bool
+is_word_break(unsigned char c)
+{
+	return c <= ' ' || c >= 0x7f || strchr("\"'<>()[],;:=/\\", c) != NULL;
+}
+
+void
+log_redact_emails(const char *text, struct strbuf *out)
+{
+	size_t n = strlen(text), start = 0, i = 0;
+
+	while (i < n) {
+		size_t left, right;
+
+		if (text[i] != '@') {
+			i++;
+			continue;
+		}
+		left = i;
+		while (left > start && !is_word_break((unsigned char)text[left - 1]))
+			left--;
+		right = i + 1;
+		while (right < n && !is_word_break((unsigned char)text[right]))
+			right++;
+		if (left == i || right == i + 1) {	/* a lone '@' is not an address */
+			i++;
+			continue;
+		}
+		strbuf_append(out, text + start, left - start);
+		strbuf_append_str(out, "[email]");
+		start = i = right;
+	}
+	strbuf_append(out, text + start, n - start);
 }
 
 int
@@ -73,16 +127,107 @@ append_value(struct strbuf *sb, const char *v)
 }
 
 static void
-append_timestamp(struct strbuf *sb)
+format_timestamp(char *buf, size_t size)
 {
 	struct timeval tv;
 	struct tm tm;
-	char buf[32];
+	char secs[32];
 
 	gettimeofday(&tv, NULL);
 	gmtime_r(&tv.tv_sec, &tm);
-	strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
-	strbuf_appendf(sb, "ts=%s.%03ldZ", buf, (long)(tv.tv_usec / 1000));
+	strftime(secs, sizeof(secs), "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(buf, size, "%.19s.%03dZ", secs, (int)(tv.tv_usec / 1000) % 1000);
+}
+
+/* A value as logged: masked when emails are redacted. `scratch` holds it. */
+static const char *
+shown(const char *value, struct strbuf *scratch)
+{
+	if (!atomic_load(&redact_emails) || strchr(value, '@') == NULL)
+		return value;
+	strbuf_reset(scratch);
+	log_redact_emails(value, scratch);
+	return strbuf_failed(scratch) ? "[email]" : scratch->data;
+}
+
+static void
+logfmt_line(struct strbuf *sb, const char *ts, const char *level, const char *msg, va_list ap)
+{
+	struct strbuf scratch;
+	const char *key, *value;
+
+	strbuf_init(&scratch);
+	strbuf_appendf(sb, "ts=%s level=%s pid=%ld msg=", ts, level, (long)getpid());
+	append_value(sb, shown(msg, &scratch));
+	while ((key = va_arg(ap, const char *)) != NULL) {
+		value = va_arg(ap, const char *);
+		if (value == NULL)
+			continue;
+		strbuf_appendf(sb, " %s=", key);
+		append_value(sb, shown(value, &scratch));
+	}
+	strbuf_free(&scratch, false);
+	strbuf_append(sb, "\n", 1);
+}
+
+static void
+json_print(void *ctx, const char *text, size_t len)
+{
+	strbuf_append(ctx, text, len);
+}
+
+static void
+json_string(yajl_gen g, const char *s)
+{
+	yajl_gen_string(g, (const unsigned char *)s, strlen(s));
+}
+
+/* Numbers stay numbers for these keys (a log pipeline can sum them). */
+static bool
+is_numeric_field(const char *key, const char *value)
+{
+	size_t n = strspn(value, "0123456789");
+
+	return (strcmp(key, "status") == 0 || strcmp(key, "duration_ms") == 0) && n > 0 && n <= 15 &&
+	       value[n] == '\0';
+}
+
+static void
+json_line(struct strbuf *sb, const char *ts, const char *level, const char *msg, va_list ap)
+{
+	struct strbuf scratch;
+	const char *key, *value;
+	yajl_gen g = yajl_gen_alloc(NULL);
+
+	if (g == NULL) {
+		strbuf_append_str(sb, "{\"msg\":\"out of memory\"}\n");
+		return;
+	}
+	strbuf_init(&scratch);
+	yajl_gen_config(g, yajl_gen_print_callback, json_print, sb);
+	yajl_gen_map_open(g);
+	json_string(g, "ts");
+	json_string(g, ts);
+	json_string(g, "level");
+	json_string(g, level);
+	json_string(g, "pid");
+	yajl_gen_integer(g, (long long)getpid());
+	json_string(g, "msg");
+	json_string(g, shown(msg, &scratch));
+	while ((key = va_arg(ap, const char *)) != NULL) {
+		value = va_arg(ap, const char *);
+		if (value == NULL)
+			continue;
+		json_string(g, key);
+		if (is_numeric_field(key, value))
+			yajl_gen_integer(g, strtoll(value, NULL, 10));
+		else
+			json_string(g, shown(value, &scratch));
+	}
+	yajl_gen_map_close(g);
+	yajl_gen_free(g);
+	strbuf_free(&scratch, false);
+	strbuf_append(sb, "\n", 1);
 }
 
 void
@@ -90,25 +235,19 @@ log_event(enum log_level level, const char *msg, ...)
 {
 	struct strbuf sb;
 	va_list ap;
-	const char *key, *value;
+	char ts[48];
 	ssize_t off = 0;
 
 	if ((int)level < atomic_load(&current_level))
 		return;
 	strbuf_init(&sb);
-	append_timestamp(&sb);
-	strbuf_appendf(&sb, " level=%s pid=%ld msg=", level_names[level], (long)getpid());
-	append_value(&sb, msg);
+	format_timestamp(ts, sizeof(ts));
 	va_start(ap, msg);
-	while ((key = va_arg(ap, const char *)) != NULL) {
-		value = va_arg(ap, const char *);
-		if (value == NULL)
-			continue;
-		strbuf_appendf(&sb, " %s=", key);
-		append_value(&sb, value);
-	}
+	if (atomic_load(&current_format) == LOG_FMT_JSON)
+		json_line(&sb, ts, level_names[level], msg, ap);
+	else
+		logfmt_line(&sb, ts, level_names[level], msg, ap);
 	va_end(ap);
-	strbuf_append(&sb, "\n", 1);
 	if (!strbuf_failed(&sb)) {
 		while ((size_t)off < sb.len) {
 			ssize_t n = write(STDERR_FILENO, sb.data + off, sb.len - (size_t)off);

@@ -292,12 +292,32 @@ override_text(char **field, const char *value)
 static int
 apply_overrides(struct lb_config *cfg, const struct options *opt)
 {
-	if (opt->threads > 0)
+	static const char flag[] = "command line";
+
+	if (opt->threads > 0) {
 		cfg->threads = opt->threads;
-	if (opt->workers_set)
+		config_note_source(cfg, "threads", flag);
+	}
+	if (opt->workers_set) {
 		cfg->workers = opt->workers;
-	if (opt->socket_mode != CONFIG_SOCKET_MODE_UNSET)
+		config_note_source(cfg, "workers", flag);
+	}
+	if (opt->socket_mode != CONFIG_SOCKET_MODE_UNSET) {
 		cfg->socket_mode = opt->socket_mode;
+		config_note_source(cfg, "socket_mode", flag);
+	}
+	if (opt->listen != NULL)
+		config_note_source(cfg, "listen", flag);
+	if (opt->socket_owner != NULL)
+		config_note_source(cfg, "socket_owner", flag);
+	if (opt->socket_group != NULL)
+		config_note_source(cfg, "socket_group", flag);
+	if (opt->user != NULL)
+		config_note_source(cfg, "user", flag);
+	if (opt->group != NULL)
+		config_note_source(cfg, "group", flag);
+	if (opt->pidfile != NULL)
+		config_note_source(cfg, "pidfile", flag);
 	if (override_text(&cfg->listen, opt->listen) != 0 ||
 	    override_text(&cfg->socket_owner, opt->socket_owner) != 0 ||
 	    override_text(&cfg->socket_group, opt->socket_group) != 0 ||
@@ -532,7 +552,6 @@ main(int argc, char **argv)
 {
 	struct options opt;
 	struct lb_config *cfg;
-	enum log_level level;
 	bool cgi;
 	int rc;
 
@@ -559,12 +578,12 @@ main(int argc, char **argv)
 	}
 	if (opt.check_config) {
 		printf("configuration OK: %zu route%s\n", cfg->nroutes, cfg->nroutes == 1 ? "" : "s");
+		config_print_effective(cfg, stdout);
 		config_free(cfg);
 		free(opt.config_file);
 		return 0;
 	}
-	if (log_parse_level(cfg->log_level, &level) == 0)
-		log_set_level(level);
+	config_apply_logging(cfg);
 	if (cgi) {
 		rc = server_run_cgi(cfg);
 		config_free(cfg);

@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "pool.h"
 
 /* libpq 15 has no sslrootcert=system: name Debian's bundle ourselves. */
@@ -389,6 +390,7 @@ static void
 close_conn(const struct pool *pool, struct pool_conn *conn, const char *reason)
 {
 	log_debug("pool connection closed", "pool", pool->label, "reason", reason);
+	metrics_conn_closed(reason);
 	PQfinish(conn->pg);
 	free(conn);
 }
@@ -754,6 +756,7 @@ open_into_slot(struct pool *pool, const struct pool_source *source, struct pool_
 	PQsetNoticeReceiver(pg, notice_receiver, conn);
 	credential_clear(&cred);
 	log_debug("pool connection opened", "pool", pool->label);
+	metrics_conn_opened();
 
 	pthread_mutex_lock(&pool->lock);
 	pool->busy++;
@@ -785,6 +788,7 @@ acquire_timed_out(struct pool *pool, bool host_full, struct lb_error *err)
 		     pool->label, pool->settings.acquire_timeout_ms, pool->settings.max,
 		     host_full ? "; the host's connection budget (max_host_connections) is spent" : "");
 	mark_transient(err, NULL);
+	metrics_acquire_timeout();
 	return -1;
 }
 

@@ -271,6 +271,7 @@ void
 response_init(struct http_response *resp)
 {
 	resp->status = 200;
+	resp->content_type = NULL;
 	strbuf_init(&resp->headers);
 	strbuf_init(&resp->body);
 }
@@ -330,8 +331,9 @@ response_send(body_write_fn write_fn, void *out, const struct http_response *res
 	int rc = 0;
 
 	strbuf_init(&head);
-	strbuf_appendf(&head, "Status: %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n",
-		       resp->status, status_reason(resp->status), resp->body.len);
+	strbuf_appendf(&head, "Status: %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n",
+		       resp->status, status_reason(resp->status),
+		       resp->content_type ? resp->content_type : "application/json", resp->body.len);
 	if (resp->headers.len > 0)
 		strbuf_append(&head, resp->headers.data, resp->headers.len);
 	strbuf_append(&head, "\r\n", 2);

@@ -34,7 +34,8 @@ struct http_request {
 struct http_response {
 	int status;
 	struct strbuf headers;    /* extra "Name: value\r\n" lines */
-	struct strbuf body;       /* JSON */
+	struct strbuf body;       /* JSON, unless content_type says otherwise */
+	const char *content_type; /* static text; NULL: application/json */
 };
 
 /* Looks up a request header by its HTTP name ("X-Forwarded-Email"). */

@@ -42,7 +42,7 @@
 #include "error.h"
 
 #define SHM_MAGIC		"LBFCGIC\x01"	/* 8 bytes, no NUL needed */
-#define SHM_LAYOUT_VERSION	1
+#define SHM_LAYOUT_VERSION	2	/* 2: the metrics area */
 #define SHM_EMAIL_MAX		63	/* a Postgres role name: NAMEDATALEN - 1 */
 #define SHM_ROLE_MAX		63
 #define SHM_FP_LEN		32	/* SHA-256 of the workspace token */
@@ -111,6 +111,49 @@ struct shm_proc {
 	uint64_t start;
 };
 
+/*
+ * The metrics area (metrics.c owns its meaning): counters and histograms
+ * every process adds to with relaxed atomics, no lock, and per-process
+ * gauges summed at scrape time. Series are indexed by route position in
+ * the config, never by anything a request carries.
+ */
+#define SHM_METRIC_ROUTES	128	/* routes with their own series; +1: none */
+#define SHM_METRIC_STATUSES	16	/* see metrics.c: a fixed list of codes */
+#define SHM_METRIC_CLASSES	5	/* status class 1xx..5xx */
+#define SHM_METRIC_BUCKETS	12	/* histogram buckets, the last is +Inf */
+#define SHM_METRIC_SQLSTATE	(36 * 36)	/* SQLSTATE classes [0-9A-Z]{2} */
+#define SHM_METRIC_CLOSE	6	/* close reasons, the last is "other" */
+
+struct shm_histogram {
+	uint64_t buckets[SHM_METRIC_BUCKETS];	/* not cumulative */
+	uint64_t sum_us;
+	uint64_t count;
+};
+
+/* One process's gauges; pid 0: free. Reclaimed when the pid is dead. */
+struct shm_proc_gauges {
+	int32_t pid;
+	int32_t pad;
+	uint64_t start;
+	int32_t idle[2];		/* by auth: 0 SP, 1 user */
+	int32_t busy[2];
+	int32_t waiting;
+	int32_t user_pools;
+};
+
+struct shm_metrics {
+	uint64_t requests[SHM_METRIC_ROUTES + 1][SHM_METRIC_STATUSES];
+	struct shm_histogram query[SHM_METRIC_ROUTES + 1][SHM_METRIC_CLASSES];
+	struct shm_histogram refresh;
+	uint64_t acquire_timeouts;
+	uint64_t pool_errors[SHM_METRIC_SQLSTATE];
+	uint64_t conns_opened;
+	uint64_t conns_closed[SHM_METRIC_CLOSE];
+	uint64_t worker_restarts;
+	int64_t started_at;		/* wall clock: the first worker of a run attached */
+	struct shm_proc_gauges procs[SHM_MAX_PROCS];
+};
+
 struct shm_header {
 	char magic[8];			/* written last by the initialiser */
 	uint32_t layout_version;
@@ -141,6 +184,8 @@ struct shm_header {
 	int64_t refresher_deadline_ms;	/* CLOCK_MONOTONIC: stale after this */
 
 	struct shm_proc procs[SHM_MAX_PROCS];
+
+	struct shm_metrics metrics;	/* layout 2 */
 };
 
 enum shm_secret_field { SHM_CRED, SHM_BEARER };

@@ -146,7 +146,6 @@ worker_main(struct supervisor *sv, const struct lb_config *cfg)
 {
 	struct server_options so;
 	struct lb_error err;
-	enum log_level level;
 
 	close(sv->sigfd);
 	close(sv->ready_pipe[0]);
@@ -162,8 +161,7 @@ worker_main(struct supervisor *sv, const struct lb_config *cfg)
 	if (getppid() != sv->pid)
 		return SERVER_EXIT_OK;
 	/* A reload's workers start before the supervisor adopts their config. */
-	if (log_parse_level(cfg->log_level, &level) == 0)
-		log_set_level(level);
+	config_apply_logging(cfg);
 	memset(&so, 0, sizeof(so));
 	so.cfg = cfg;
 	so.listen_fd = sv->opt->listen_fd;
@@ -354,7 +352,6 @@ begin_reload(struct supervisor *sv)
 static void
 finish_reload(struct supervisor *sv)
 {
-	enum log_level level;
 	char gen[16], n[16];
 
 	signal_generation(sv, sv->generation, false, SIGTERM);
@@ -365,8 +362,7 @@ finish_reload(struct supervisor *sv)
 	sv->reload_deadline_ms = 0;
 	sv->pending_starts = 0;
 	sv->quick_deaths = 0;
-	if (log_parse_level(sv->opt->cfg->log_level, &level) == 0)
-		log_set_level(level);
+	config_apply_logging(sv->opt->cfg);
 	snprintf(gen, sizeof(gen), "%u", sv->generation);
 	snprintf(n, sizeof(n), "%d", supervisor_workers(sv->opt->cfg));
 	log_info("reload complete: new workers serve, the old ones finish their requests",

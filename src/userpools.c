@@ -443,6 +443,24 @@ userpools_count(struct userpools *up)
 	return n;
 }
 
+void
+userpools_get_stats(struct userpools *up, struct pool_stats *total)
+{
+	struct pool_stats st;
+
+	memset(total, 0, sizeof(*total));
+	pthread_mutex_lock(&up->lock);
+	for (struct user_entry *e = up->lru_head; e != NULL; e = e->lru_next) {
+		pool_get_stats(e->pool, &st);
+		total->open += st.open;
+		total->idle += st.idle;
+		total->busy += st.busy;
+		total->waiting += st.waiting;
+	}
+	total->waiting += up->waiting;
+	pthread_mutex_unlock(&up->lock);
+}
+
 struct userpools *
 userpools_create(const struct lb_config *cfg, struct credcache *creds, struct conn_budget *budget)
 {

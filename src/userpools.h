@@ -49,5 +49,7 @@ void userpools_release(struct userpools *up, struct user_lease *lease, bool brok
 void userpools_reap(struct userpools *up);
 /* Number of user pools in the cache. */
 int userpools_count(struct userpools *up);
+/* The sums of every user pool's stats (pool.h), for metrics and status. */
+void userpools_get_stats(struct userpools *up, struct pool_stats *total);
 
 #endif

@@ -19,6 +19,7 @@
 #include "credential.h"
 #include "identity.h"
 #include "log.h"
+#include "metrics.h"
 #include "params.h"
 #include "pool.h"
 #include "responder.h"
@@ -26,6 +27,10 @@
 #include "userpools.h"
 #include "worker.h"
 #include "workspace.h"
+
+#define MSG_NOT_READY_CREDENTIAL \
+	"Not ready: the service principal's database credential is unavailable."
+#define MSG_NOT_READY_DATABASE "Not ready: the database is unreachable."
 
 /* How often the maintenance thread reaps idle connections. */
 #define MAINTENANCE_INTERVAL_MS 1000
@@ -40,6 +45,7 @@ struct worker {
 
 	pthread_t maintenance;
 	bool maintenance_started;
+	bool metrics_attached;
 	pthread_mutex_t lock;
 	pthread_cond_t wake;
 	bool stopping;
@@ -96,6 +102,25 @@ sp_auth_failed(void *ctx, const struct credential *cred)
 	credcache_invalidate(w->creds, &id, cred ? cred->token : NULL);
 }
 
+/* ---- metrics: this process's pool gauges, published to the segment ---- */
+
+static void
+publish_gauges(struct worker *w)
+{
+	struct metrics_gauges g;
+	struct pool_stats sp, users;
+
+	pool_get_stats(w->sp_pool, &sp);
+	userpools_get_stats(w->users, &users);
+	g.idle[0] = sp.idle;
+	g.busy[0] = sp.busy;
+	g.idle[1] = users.idle;
+	g.busy[1] = users.busy;
+	g.waiting = sp.waiting + users.waiting;
+	g.user_pools = userpools_count(w->users);
+	metrics_publish(&g);
+}
+
 /* ---- maintenance: idle reaping off the request path ---- */
 
 static void *
@@ -114,6 +139,7 @@ maintenance_main(void *arg)
 		pthread_mutex_unlock(&w->lock);
 		pool_reap(w->sp_pool);
 		userpools_reap(w->users);
+		publish_gauges(w);
 		pthread_mutex_lock(&w->lock);
 	}
 	pthread_mutex_unlock(&w->lock);
@@ -153,6 +179,8 @@ worker_create(const struct lb_config *cfg, struct lb_error *err)
 	w->creds = credcache_create(cfg, w->ws, err);
 	if (w->creds == NULL)
 		goto fail;
+	metrics_attach(credcache_shm(w->creds));
+	w->metrics_attached = true;
 	sp_source.get_credential = sp_credential;
 	sp_source.auth_failed = sp_auth_failed;
 	sp_source.ctx = w;
@@ -197,6 +225,8 @@ worker_destroy(struct worker *w)
 	if (w->sp_pool != NULL)
 		pool_destroy(w->sp_pool);
 	conn_budget_destroy(w->budget);
+	if (w->metrics_attached)
+		metrics_detach();
 	if (w->creds != NULL)
 		credcache_destroy(w->creds);
 	if (w->ws != NULL)
@@ -237,11 +267,18 @@ log_request(struct request_ctx *rc)
 
 	snprintf(status, sizeof(status), "%d", rc->resp->status);
 	snprintf(duration, sizeof(duration), "%lld", monotonic_ms() - rc->started_ms);
+	metrics_request(rc->w->cfg, rc->route, rc->resp->status, (monotonic_ms() - rc->started_ms) * 1000);
+	if (failed && rc->err.sqlstate[0])
+		metrics_pool_error(rc->err.sqlstate);
+	if (!rc->w->cfg->access_log && rc->resp->status < 500)
+		return;
+	/* The email only when log_user; log.c masks any other occurrence. */
 	log_event(rc->resp->status >= 500 ? LOG_LVL_WARN : LOG_LVL_INFO, "request",
 		  "request_id", rc->req->request_id,
 		  "method", rc->req->method,
 		  "route", rc->route ? rc->route->path : NULL,
 		  "auth", rc->route ? auth_mode_name(rc->route->auth) : NULL,
+		  "user", rc->w->cfg->log_user && rc->who.id.kind == IDENTITY_USER ? rc->who.id.email : NULL,
 		  "status", status,
 		  "duration_ms", duration,
 		  "error", failed ? lb_errcode_name(rc->err.code) : NULL,
@@ -258,23 +295,82 @@ is_get(const struct http_request *req)
 	return strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
 }
 
+/* Not ready: 503 whatever the cause, the public message naming which
+ * dependency failed (the detail, for the log, says how). */
+static int
+not_ready(struct request_ctx *rc, const char *message)
+{
+	rc->err.code = LB_ERR_UNAVAILABLE;
+	snprintf(rc->err.message, sizeof(rc->err.message), "%s", message);
+	return -1;
+}
+
 /* Ready: the SP has a valid credential and a connection runs SELECT 1. */
 static int
 check_ready(struct request_ctx *rc)
 {
+	struct credential cred = { NULL, NULL, 0 };
 	struct pool_conn *conn;
 	PGresult *res;
 	int rc_ok;
 
+	if (sp_credential(rc->w, &cred, &rc->err) != 0)
+		return not_ready(rc, MSG_NOT_READY_CREDENTIAL);
+	credential_clear(&cred);
 	if (pool_acquire(rc->w->sp_pool, &conn, &rc->err) != 0)
-		return -1;
+		return not_ready(rc, MSG_NOT_READY_DATABASE);
 	res = PQexec(pool_conn_pg(conn), "SELECT 1");
 	rc_ok = PQresultStatus(res) == PGRES_TUPLES_OK;
 	if (!rc_ok)
 		responder_pg_error(res, pool_conn_pg(conn), &rc->err);
 	PQclear(res);
 	pool_release(rc->w->sp_pool, conn, !rc_ok);
-	return rc_ok ? 0 : -1;
+	return rc_ok ? 0 : not_ready(rc, MSG_NOT_READY_DATABASE);
+}
+
+/* The operator endpoints answer loopback and unix-socket clients only,
+ * unless metrics.allow is "any". */
+static bool
+operator_allowed(struct request_ctx *rc)
+{
+	const char *addr = rc->req->param ? rc->req->param(rc->req->param_ctx, "REMOTE_ADDR") : NULL;
+
+	if (metrics_client_allowed(rc->w->cfg->metrics_allow, addr))
+		return true;
+	lb_error_set(&rc->err, LB_ERR_FORBIDDEN, "Forbidden.", "operator endpoint refused to a non-local client");
+	respond_error(rc);
+	return false;
+}
+
+static void
+handle_metrics(struct request_ctx *rc)
+{
+	if (!operator_allowed(rc))
+		return;
+	publish_gauges(rc->w);
+	strbuf_reset(&rc->resp->body);
+	if (metrics_render(rc->w->cfg, &rc->resp->body) != 0) {
+		lb_error_set(&rc->err, LB_ERR_INTERNAL, "Internal error.", "metrics unavailable");
+		respond_error(rc);
+		return;
+	}
+	rc->resp->content_type = "text/plain; version=0.0.4; charset=utf-8";
+	respond_json(rc, 200);
+}
+
+static void
+handle_status(struct request_ctx *rc)
+{
+	if (!operator_allowed(rc))
+		return;
+	publish_gauges(rc->w);
+	strbuf_reset(&rc->resp->body);
+	if (metrics_status_json(&rc->resp->body) != 0) {
+		lb_error_set(&rc->err, LB_ERR_INTERNAL, "Internal error.", "status unavailable");
+		respond_error(rc);
+		return;
+	}
+	respond_json(rc, 200);
 }
 
 /* Answers the health endpoints; returns true if the request was one. */
@@ -288,6 +384,14 @@ handle_health(struct request_ctx *rc)
 	if (strcmp(rc->req->path, cfg->healthz_path) == 0) {
 		responder_object_json(&rc->resp->body, "status", "ok", (const char *)NULL);
 		respond_json(rc, 200);
+		return true;
+	}
+	if (cfg->metrics_enabled && strcmp(rc->req->path, cfg->metrics_path) == 0) {
+		handle_metrics(rc);
+		return true;
+	}
+	if (cfg->metrics_enabled && strcmp(rc->req->path, cfg->status_path) == 0) {
+		handle_status(rc);
 		return true;
 	}
 	if (strcmp(rc->req->path, cfg->readyz_path) == 0) {

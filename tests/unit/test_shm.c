@@ -359,7 +359,7 @@ test_incompatible_layout_refused_in_use(void)
 	write_layout_version(SHM_LAYOUT_VERSION + 41);
 	s = attach(8, &err);
 	CU_ASSERT_PTR_NULL(s);
-	CU_ASSERT_TRUE(contains(err.detail, "layout version 42 (this program uses 1)"));
+	CU_ASSERT_TRUE(contains(err.detail, "layout version 43 (this program uses 2)"));
 	CU_ASSERT_TRUE(contains(err.detail, "in use by other processes"));
 	write_layout_version(SHM_LAYOUT_VERSION);
 	shm_detach(user);

@@ -17,5 +17,7 @@ void register_retry_tests(void);
 void register_identity_tests(void);
 void register_process_tests(void);
 void register_shm_tests(void);
+void register_metrics_tests(void);
+void register_log_tests(void);
 
 #endif

@@ -26,6 +26,8 @@ main(void)
 	register_identity_tests();
 	register_process_tests();
 	register_shm_tests();
+	register_metrics_tests();
+	register_log_tests();
 	CU_basic_set_mode(CU_BRM_NORMAL);
 	CU_basic_run_tests();
 	failed = CU_get_number_of_tests_failed();

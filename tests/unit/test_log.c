@@ -1,0 +1,127 @@
+/*
+ * test_log.c - log lines as written to stderr (captured through a temporary
+ * file): logfmt and JSON (parsed back with yajl_tree), email masking on by
+ * default and off with log_user, and the masking function's edges.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <yajl/yajl_tree.h>
+
+#include "log.h"
+#include "strbuf.h"
+#include "unit.h"
+
+/* Runs one log_event with stderr redirected; returns the line (malloc'd). */
+static char *
+capture(enum log_format format, bool redact, const char *detail)
+{
+	FILE *tmp = tmpfile();
+	int saved = dup(STDERR_FILENO);
+	char *line = calloc(1, 4096);
+
+	if (tmp == NULL || saved < 0 || line == NULL) {
+		free(line);
+		return NULL;
+	}
+	log_set_format(format);
+	log_set_redact_emails(redact);
+	dup2(fileno(tmp), STDERR_FILENO);
+	log_event(LOG_LVL_WARN, "request", "request_id", "r-1", "status", "403", "duration_ms", "12",
+		  "detail", detail, "skipped", (const char *)NULL, (const char *)NULL);
+	dup2(saved, STDERR_FILENO);
+	close(saved);
+	log_set_format(LOG_FMT_LOGFMT);
+	log_set_redact_emails(true);
+	rewind(tmp);
+	if (fgets(line, 4096, tmp) == NULL)
+		line[0] = '\0';
+	fclose(tmp);
+	return line;
+}
+
+static const char DETAIL[] =
+	"FATAL:  password authentication failed for user \"alice@example.com\"";
+
+static void
+test_logfmt_masks_emails_by_default(void)
+{
+	char *line = capture(LOG_FMT_LOGFMT, true, DETAIL);
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(line);
+	CU_ASSERT_PTR_NULL(strstr(line, "alice"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(line, " level=warn pid="));
+	CU_ASSERT_PTR_NOT_NULL(strstr(line, " msg=request request_id=r-1 status=403 duration_ms=12 "
+					 "detail=\"FATAL:  password authentication failed for user \\\"[email]\\\"\"\n"));
+	CU_ASSERT_PTR_NULL(strstr(line, "skipped"));
+	free(line);
+}
+
+static void
+test_log_user_keeps_emails(void)
+{
+	char *line = capture(LOG_FMT_LOGFMT, false, DETAIL);
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(line);
+	CU_ASSERT_PTR_NOT_NULL(strstr(line, "alice@example.com"));
+	free(line);
+}
+
+static void
+test_json_lines_parse(void)
+{
+	char *line = capture(LOG_FMT_JSON, true, DETAIL);
+	char errbuf[128];
+	yajl_val v;
+	const char *ts[] = { "ts", NULL }, *level[] = { "level", NULL }, *pid[] = { "pid", NULL };
+	const char *status[] = { "status", NULL }, *detail[] = { "detail", NULL }, *rid[] = { "request_id", NULL };
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(line);
+	CU_ASSERT_EQUAL(line[strlen(line) - 1], '\n');
+	v = yajl_tree_parse(line, errbuf, sizeof(errbuf));
+	CU_ASSERT_PTR_NOT_NULL_FATAL(v);
+	CU_ASSERT(YAJL_IS_STRING(yajl_tree_get(v, ts, yajl_t_string)));
+	CU_ASSERT_STRING_EQUAL(YAJL_GET_STRING(yajl_tree_get(v, level, yajl_t_string)), "warn");
+	CU_ASSERT_EQUAL(YAJL_GET_INTEGER(yajl_tree_get(v, pid, yajl_t_number)), (long long)getpid());
+	CU_ASSERT_EQUAL(YAJL_GET_INTEGER(yajl_tree_get(v, status, yajl_t_number)), 403);
+	CU_ASSERT_STRING_EQUAL(YAJL_GET_STRING(yajl_tree_get(v, rid, yajl_t_string)), "r-1");
+	CU_ASSERT_STRING_EQUAL(YAJL_GET_STRING(yajl_tree_get(v, detail, yajl_t_string)),
+			       "FATAL:  password authentication failed for user \"[email]\"");
+	yajl_tree_free(v);
+	free(line);
+}
+
+static void
+expect_redacted(const char *in, const char *out)
+{
+	struct strbuf sb;
+
+	strbuf_init(&sb);
+	log_redact_emails(in, &sb);
+	CU_ASSERT_STRING_EQUAL(sb.data ? sb.data : "", out);
+	strbuf_free(&sb, false);
+}
+
+static void
+test_redaction_edges(void)
+{
+	expect_redacted("no address here", "no address here");
+	expect_redacted("a@b", "[email]");
+	expect_redacted("role \"x.y+z@corp.example\" and bob@example.com.",
+			"role \"[email]\" and [email]");
+	expect_redacted("lone @ sign, trailing@ and @leading", "lone @ sign, trailing@ and @leading");
+	expect_redacted("", "");
+}
+
+void
+register_log_tests(void)
+{
+	CU_pSuite s = CU_add_suite("log", NULL, NULL);
+
+	CU_add_test(s, "logfmt: emails masked by default", test_logfmt_masks_emails_by_default);
+	CU_add_test(s, "log_user: emails kept", test_log_user_keeps_emails);
+	CU_add_test(s, "json: one object per line, numbers for status", test_json_lines_parse);
+	CU_add_test(s, "masking edges", test_redaction_edges);
+}
