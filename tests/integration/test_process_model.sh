@@ -169,7 +169,8 @@ test_sighup_new_route_under_load() {
 	expect_status 404
 	mark=$(log_mark "$STACK_WORKER_LOG")
 	load_start 6 8 "$LAKEBASE_URL/api/todos?limit=2"
-	slow_start hup 3 1.5
+	# 4 s each: long enough to overlap on a slow (sanitizer, loaded) machine.
+	slow_start hup 3 4
 	wait_for "(( \$(pg_sleeping) >= 3 ))" 10
 	expect_eq "$?" 0 "three slow requests in flight before the reload"
 	pm_config "$HUP_CFG" ".routes += [$VERSION_ROUTE]"
