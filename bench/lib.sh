@@ -20,11 +20,13 @@ bench_die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
 
 # Users are <kind><NNNN>@bench.example with workspace token tok-<kind><NNNN>
 # (bench/wrk/load.lua and bench/seqload.c build the same names):
-#   u0001..u1000  the warm scenarios and the floor (3 rows each)
+#   u0001..u1000  the product's warm scenarios (3 rows each, like all)
+#   f0001..f1000  the floor's users: a static password, never minted, so
+#                 the floor can run between the product's scenarios
 #   c0001..c1000  cold-1000: never seen before that scenario
 #   r0001..r0010  refresh: minted with the short lifetime only
 #   m0001..m0100  the mint + login reference of cold-1000 (no worker use)
-BENCH_KINDS=(u:1000 c:1000 r:10 m:100)
+BENCH_KINDS=(u:1000 f:1000 c:1000 r:10 m:100)
 
 # SQL VALUES list of every bench email, for one statement.
 bench_emails_sql() {
@@ -61,13 +63,14 @@ bench_setup_db() {
 	pg_admin_psql -q -c "CREATE DATABASE pgbench" >/dev/null
 }
 
-# The floor logs in with one static password for every u-user (the
-# emulator replaces it with a credential at the product's first mint).
+# The floor logs in as the f-users with one static password (SCRAM, as
+# the emulator's credentials; the same length as one, ~1.6 KB, since the
+# client's SCRAM work grows with the password's length).
 bench_floor_password() {
-	FLOOR_PASSWORD=$(openssl rand -hex 24)
+	FLOOR_PASSWORD=$(openssl rand -hex 800)
 	pg_admin_psql -q -v pw="$FLOOR_PASSWORD" <<-'EOF' >/dev/null
 	SELECT format('ALTER ROLE %I PASSWORD %L VALID UNTIL %L',
-	              format('u%s@bench.example', lpad(i::text, 4, '0')), :'pw', 'infinity')
+	              format('f%s@bench.example', lpad(i::text, 4, '0')), :'pw', 'infinity')
 	  FROM generate_series(1, 1000) i \gexec
 	EOF
 }
@@ -130,8 +133,9 @@ bench_nginx_start() {
 	if [[ $keep == on ]]; then
 		sed -i -e 's|fastcgi_keep_conn off;|fastcgi_keep_conn on;|' \
 			-e "s|# keepalive 8;|keepalive $keepalive;|" "$site"
-		grep -q 'fastcgi_keep_conn on;' "$site" && grep -q "^ *keepalive $keepalive;" "$site" ||
+		if ! grep -q 'fastcgi_keep_conn on;' "$site" || ! grep -q "^ *keepalive $keepalive;" "$site"; then
 			bench_die "nginx/lakebase-fcgi.conf changed shape: cannot make the keep_conn variant"
+		fi
 	fi
 	grep -q "unix:$sock" "$site" || bench_die "nginx/lakebase-fcgi.conf changed shape (socket line)"
 	port_in_use "$port" && bench_die "127.0.0.1:$port is in use"
@@ -204,10 +208,6 @@ host_busy_ticks() {
 
 emu_mints_total() {
 	curl -sSf --max-time 5 "$STACK_EMU_URL/_emulator/counters" | jq -r '.mints_total'
-}
-
-emu_mint_failures() {
-	curl -sSf --max-time 5 "$STACK_EMU_URL/_emulator/counters" | jq -r '.mint_failures'
 }
 
 emu_set_lifetime() {

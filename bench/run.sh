@@ -6,7 +6,9 @@
 # PostgreSQL with TLS, the workspace emulator, lakebase-fcgi, nginx) on its
 # own ports and state dir, creates the bench users, runs every scenario
 # with wrk (-t2 -c32 by default, bounded, loopback only) and prints one
-# table. Every claim is a ratio within this one run: the machine is shared.
+# table. Every claim is a ratio within this one run: the machine is shared,
+# so the floor is measured again beside the product's scenarios.
+# BENCHMARKS.md explains the scenarios, the references and the columns.
 #
 #   bench/run.sh [--duration S] [--connections N] [--wrk-threads N]
 #                [--threads N] [--only NAME,...] [--no-build] [--profile]
@@ -18,8 +20,9 @@
 #   --only LIST         run only these scenarios (comma separated names)
 #   --no-build          use the existing build in $BENCH_BUILD_DIR
 #   --profile           also profile: perf (cpu-clock samples, whole host
-#                       and per function) during extra user-1 and floor
-#                       runs, and callgrind instructions per request
+#                       and per function) during extra, unmeasured runs of
+#                       floor, user-1 and user-1000, and callgrind
+#                       instructions per request of floor and user-1
 #   --keep-stack        leave the stack running at the end
 #
 # Results: the table on stdout, raw files in /tmp/lb-bench/bench/
@@ -156,7 +159,7 @@ cleanup() {
 
 # --- results ------------------------------------------------------------------------
 
-RESULT_COLUMNS="scenario vs requests seconds rps p50_us p90_us p99_us errors mints peak_pg logins logins_per_s cpu_us_per_req pg_us_per_req rss_kb conns_end host_busy_pct pg_pss_mb"
+RESULT_COLUMNS="scenario vs requests seconds rps p50_us p90_us p99_us errors mints peak_pg logins logins_per_s cpu_us_per_req pg_us_per_req rss_kb conns_end host_busy_pct pg_pss_mb load1"
 
 # record NAME VS KEY=VALUE...: one row of results.tsv, columns as above
 # (missing ones are "-").
@@ -183,18 +186,36 @@ wrk_field() {
 	sed -n "s/^$1=//p" <<<"$2" | head -n 1
 }
 
+# kind_of [BENCH_*=...]: the BENCH_KIND among the settings (default u).
+kind_of() {
+	local kv kind=u
+	for kv in "$@"; do
+		[[ $kv == BENCH_KIND=* ]] && kind=${kv#BENCH_KIND=}
+	done
+	echo "$kind"
+}
+
 # measure NAME VS ROOT_PID APP PORT WARMUP_S [BENCH_*=...]: warms up, then
 # one measured wrk run with the samplers around it; records the row.
 measure() {
 	local name=$1 vs=$2 root=$3 app=$4 port=$5 warm=$6
 	shift 6
 	local out mints0 mints1 mark ticks0 ticks1 pgticks0 pgticks1 hb0 ht0 hb1 ht1 peak requests dur errors rss conns logins pss=-
-	if [[ $warm == prime ]]; then
-		# One request per user first (in parallel), so every user has
-		# its credential and a connection before the measured run.
-		bench_log "$name: priming 1000 users, warm-up 3s, then ${DURATION}s"
-		"$BIN/seqload" http --url "http://127.0.0.1:$port$USER_PATH" --kind u --count 1000 \
-			--parallel "$BENCH_CONNECTIONS" | grep '^errors=' | sed 's/^/[bench] prime /' >&2
+	if [[ $warm == prime* ]]; then
+		# One request per user (in parallel), so every user has its
+		# credential and a connection before the measured run. "prime":
+		# twice, since on a busy host the first pass can outlast the idle
+		# timeout (30 s) and the second reopens what the reaper closed;
+		# "prime1": once (a budget below 1000 keeps no connection anyway).
+		local pass t0 passes=2
+		[[ $warm == prime1 ]] && passes=1
+		bench_log "$name: priming 1000 users ($passes pass(es)), warm-up 3s, then ${DURATION}s"
+		for ((pass = 1; pass <= passes; pass++)); do
+			t0=$SECONDS
+			"$BIN/seqload" http --url "http://127.0.0.1:$port$USER_PATH" --kind "$(kind_of "$@")" \
+				--count 1000 --parallel "$BENCH_CONNECTIONS" >"$BENCH_STATE/prime.out"
+			bench_log "prime pass $pass: $((SECONDS - t0)) s, $(grep '^errors=' "$BENCH_STATE/prime.out")"
+		done
 		warm=3
 	else
 		bench_log "$name: warm-up ${warm}s, then ${DURATION}s"
@@ -235,7 +256,7 @@ measure() {
 		pg_us_per_req="$(quotient $(((pgticks1 - pgticks0) * 1000000 / CLK_TCK)) "$requests" '%.0f')" \
 		rss_kb="$rss" conns_end="$conns" \
 		host_busy_pct="$(quotient $(((hb1 - hb0) * 100)) $((ht1 - ht0)) '%.0f')" \
-		pg_pss_mb="$pss"
+		pg_pss_mb="$pss" load1="$(cut -d ' ' -f 1 /proc/loadavg)"
 }
 
 # --- the product ------------------------------------------------------------------------
@@ -282,11 +303,13 @@ floor_conninfo() {
 		"$STACK_PG_PORT" "$STACK_DATABASE" "$STACK_CA"
 }
 
+# floor_start [WRAPPER]: (re)starts the floor, under WRAPPER if given.
 floor_start() {
-	local wrapper=${1:-}
+	local -a cmd=("$BIN/floor")
+	[[ -n ${1:-} ]] && cmd=("$1" "$BIN/floor")
 	bench_stop floor
 	# The password reaches the floor through its environment only.
-	FLOOR_PASSWORD=$FLOOR_PASSWORD bench_start floor "$BENCH_STATE/floor.log" $wrapper "$BIN/floor" \
+	FLOOR_PASSWORD=$FLOOR_PASSWORD bench_start floor "$BENCH_STATE/floor.log" "${cmd[@]}" \
 		--listen "unix:$(ref_sock)" --threads "$THREADS" --conninfo "$(floor_conninfo)"
 	wait_for "[[ -S '$(ref_sock)' ]]" 30 || bench_die "floor did not start"
 }
@@ -326,6 +349,7 @@ scenario_ceiling_db() {
 			print v[r50], v[r90], v[r99] }')
 	read -r p50 p90 p99 <<<"$lat"
 	record ceiling-db - requests="$n" seconds="$DURATION" rps="$(printf '%.0f' "${tps:-0}")" \
+		load1="$(cut -d ' ' -f 1 /proc/loadavg)" \
 		p50_us="$p50" p90_us="$p90" p99_us="$p99" errors="${failed:-0}" peak_pg="$peak"
 	rm -f "$BENCH_STATE"/pgb.*
 }
@@ -339,32 +363,46 @@ scenario_mint_login() {
 		--conninfo "$(floor_conninfo)" --kind m --count 100 >"$BENCH_STATE/mintlogin.out"
 }
 
-floor_scenarios() {
-	local pid
-	if want floor || want floor-1000 || want floor-post; then
-		bench_floor_password
-	fi
-	if want floor; then
+# The floor is measured again beside the product's scenarios: each
+# product row is compared with the mean of the floor rows of its kind just
+# before and just after it, so both saw the same machine (shared, noisy).
+FLOOR_RUNNING=
+
+floor_ensure() {
+	if [[ $FLOOR_RUNNING != few ]]; then
 		floor_start
-		measure floor - "$(bench_pid floor)" "$FLOOR_APP" "$REF_PORT" 2 BENCH_USERS=1 BENCH_PATH="$USER_PATH"
-		if [[ -n $PROFILE ]]; then
-			profile_perf floor "$(bench_pid floor)" "$REF_PORT" BENCH_USERS=1 BENCH_PATH="$USER_PATH"
-		fi
+		FLOOR_RUNNING=few
+		run_wrk "$REF_PORT" 2 BENCH_USERS=1 BENCH_KIND=f BENCH_PATH="$USER_PATH" >/dev/null
 	fi
-	if want floor-1000; then
+}
+
+# measure_floor floor|floor-1000|floor-post
+measure_floor() {
+	want "$1" || return 0
+	# The last product worker goes: its connections and its background
+	# refreshes (mints) must not count against the floor.
+	worker_stop
+	case $1 in
+	floor)
+		floor_ensure
+		measure floor - "$(bench_pid floor)" "$FLOOR_APP" "$REF_PORT" 0 \
+			BENCH_USERS=1 BENCH_KIND=f BENCH_PATH="$USER_PATH"
+		;;
+	floor-1000)
+		# A fresh floor (its ~1000 connections go again afterwards).
 		floor_start
-		measure floor-1000 - "$(bench_pid floor)" "$FLOOR_APP" "$REF_PORT" prime BENCH_USERS=1000 BENCH_PATH="$USER_PATH"
-	fi
-	if want floor-post; then
-		floor_start
-		measure floor-post - "$(bench_pid floor)" "$FLOOR_APP" "$REF_PORT" 2 BENCH_USERS=1 \
+		measure floor-1000 - "$(bench_pid floor)" "$FLOOR_APP" "$REF_PORT" prime \
+			BENCH_USERS=1000 BENCH_KIND=f BENCH_PATH="$USER_PATH"
+		bench_stop floor
+		FLOOR_RUNNING=
+		;;
+	floor-post)
+		floor_ensure
+		measure floor-post - "$(bench_pid floor)" "$FLOOR_APP" "$REF_PORT" 0 BENCH_USERS=1 BENCH_KIND=f \
 			BENCH_PATH=/api/my/todos BENCH_METHOD=POST BENCH_BODY='{"title":"bench-post"}'
 		clear_posts
-	fi
-	bench_stop floor
-	if [[ -n $PROFILE ]] && want floor; then
-		profile_callgrind floor
-	fi
+		;;
+	esac
 }
 
 clear_posts() {
@@ -400,6 +438,7 @@ scenario_cold() {
 		rps="$(quotient 1000 "$secs" '%.0f')" \
 		p50_us="$(sed -n 's/^p50_us=//p' <<<"$out")" p90_us="$(sed -n 's/^p90_us=//p' <<<"$out")" \
 		p99_us="$(sed -n 's/^p99_us=//p' <<<"$out")" errors="$(sed -n 's/^errors=//p' <<<"$out")" \
+		load1="$(cut -d ' ' -f 1 /proc/loadavg)" \
 		mints=$((mints1 - mints0)) peak_pg="${peak:-?}" logins="$logins" \
 		logins_per_s="$(quotient "$logins" "$secs" '%.1f')" \
 		cpu_us_per_req="$(quotient $(((ticks1 - ticks0) * 1000000 / CLK_TCK)) 1000 '%.0f')" \
@@ -428,6 +467,10 @@ scenario_refresh() {
 # (the thread count alone); keep_conn on with the default threads (stalls).
 keep_conn_scenarios() {
 	local sized=$((NGINX_WORKERS * KEEPALIVE + BENCH_CONNECTIONS))
+	# The ceiling takes the floor's socket.
+	bench_stop floor
+	FLOOR_RUNNING=
+	scenario_ceiling_http
 	if want ceiling-http-kc; then
 		bench_nginx_start kcref "$KC_REF_PORT" "$(ref_sock)" on "$KEEPALIVE"
 		ceiling_start "$sized"
@@ -497,15 +540,15 @@ profile_perf() {
 
 CALLGRIND_REQUESTS=2000
 
-# callgrind_measure NAME PID: zeroes the counters after a warm-up, runs
-# CALLGRIND_REQUESTS sequential requests, dumps; instructions per request.
+# callgrind_measure NAME PID URL KIND: zeroes the counters after a warm-up,
+# runs CALLGRIND_REQUESTS sequential requests, dumps; instructions per request.
 callgrind_measure() {
-	local name=$1 pid=$2 out=$PROFILE_DIR/$1.callgrind
-	"$BIN/seqload" http --url "$3" --kind u --count 1 --requests 200 >/dev/null
-	callgrind_control -z "$pid" >/dev/null
-	"$BIN/seqload" http --url "$3" --kind u --count 1 --requests "$CALLGRIND_REQUESTS" \
+	local name=$1 pid=$2 url=$3 kind=$4 out=$PROFILE_DIR/$1.callgrind
+	"$BIN/seqload" http --url "$url" --kind "$kind" --count 1 --requests 200 >/dev/null
+	callgrind_control -z "$pid" >/dev/null 2>&1
+	"$BIN/seqload" http --url "$url" --kind "$kind" --count 1 --requests "$CALLGRIND_REQUESTS" \
 		>"$PROFILE_DIR/$name.callgrind.load"
-	callgrind_control -d "$pid" >/dev/null
+	callgrind_control -d "$pid" >/dev/null 2>&1
 	sleep 1
 	local dump
 	dump=$(ls -t "$out".* 2>/dev/null | head -n 1)
@@ -527,7 +570,8 @@ profile_callgrind() {
 	bench_log "profile: callgrind, $CALLGRIND_REQUESTS requests of $name"
 	if [[ $name == floor ]]; then
 		floor_start "$wrapper"
-		callgrind_measure floor "$(bench_pid floor)" "http://127.0.0.1:$REF_PORT$USER_PATH"
+		FLOOR_RUNNING=
+		callgrind_measure floor "$(bench_pid floor)" "http://127.0.0.1:$REF_PORT$USER_PATH" f
 		bench_stop floor
 	else
 		local real=$STACK_WORKER_BIN
@@ -535,7 +579,7 @@ profile_callgrind() {
 		printf '#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file=%s %s "$@"\n' \
 			"$PROFILE_DIR/$name.callgrind.%p" "$real" >"$wrapper"
 		product_start "$BENCH_STATE/worker.json"
-		callgrind_measure "$name" "$(worker_pid)" "$STACK_URL$USER_PATH"
+		callgrind_measure "$name" "$(worker_pid)" "$STACK_URL$USER_PATH" u
 		worker_stop
 		STACK_WORKER_BIN=$real
 	fi
@@ -543,56 +587,62 @@ profile_callgrind() {
 
 # --- the table ---------------------------------------------------------------------------------
 
+# print_table text|md: the results; each product row's ratios are to the
+# mean of the nearest rows of its floor before and after it.
 print_table() {
 	local fmt=$1
 	awk -F '\t' -v fmt="$fmt" '
-		function num(x) { return x == "-" || x == "?" || x == "" ? "" : x + 0 }
-		function ms(us) { return us == "-" || us == "" ? "-" : sprintf("%.2f", us / 1000) }
-		function ratio(a, b) { return (a == "" || b == "" || b == 0) ? "-" : sprintf("%.2f", a / b) }
-		NR == FNR { for (i = 1; i <= NF; i++) col[$i] = i; next }
-		{
-			n++; row[n] = $0; name[n] = $col["scenario"]
-			rps[$1] = num($col["rps"]); p50[$1] = num($col["p50_us"]); p99[$1] = num($col["p99_us"])
-			cpu[$1] = num($col["cpu_us_per_req"])
+		function num(x) { return (x == "-" || x == "?" || x == "") ? "" : x + 0 }
+		function ms(us) { return (us == "-" || us == "") ? "-" : sprintf("%.2f", us / 1000) }
+		function cell(i, name) { return f[i, col[name]] }
+		# mean of metric m over the nearest rows named r before and after row i
+		function ref(i, r, m,   j, sum, n) {
+			sum = 0; n = 0
+			for (j = i - 1; j >= 1; j--) if (cell(j, "scenario") == r) { if (num(cell(j, m)) != "") { sum += cell(j, m); n++ }; break }
+			for (j = i + 1; j <= rows; j++) if (cell(j, "scenario") == r) { if (num(cell(j, m)) != "") { sum += cell(j, m); n++ }; break }
+			return n ? sum / n : ""
 		}
+		function ratio(a, b) { return (a == "" || b == "" || b == 0) ? "-" : sprintf("%.2f", a / b) }
+		function out(line) { if (fmt == "md") { gsub(/\|/, " | ", line); print "| " line " |" } else print line }
+		NR == FNR { for (i = 1; i <= NF; i++) col[$i] = i; next }
+		{ rows++; for (i = 1; i <= NF; i++) f[rows, i] = $i }
 		END {
-			hdr = "scenario|req/s|p50 ms|p90 ms|p99 ms|errors|mints|peak pg|logins/s|cpu us/req|pg us/req|rss MB|KB/conn|host cpu%|vs|x rps|x p50|x p99|x cpu"
-			if (fmt == "md") { print "| " gensub_bar(hdr) " |"; s = "|"; m = split(hdr, h, "|"); for (i = 1; i <= m; i++) s = s "---|"; print s }
-			else print hdr
-			for (i = 1; i <= n; i++) {
-				split(row[i], f, "\t")
-				sc = f[col["scenario"]]; vs = f[col["vs"]]
-				ref = vs
-				if (vs == "floor" && (sc ~ /1000/)) ref = "floor-1000"
-				if (vs == "floor" && sc == "post") ref = "floor-post"
-				if (vs == "-") ref = ""
-				kb = (f[col["conns_end"]] + 0 > 0 && f[col["rss_kb"]] != "-") ? sprintf("%.0f", f[col["rss_kb"]] / f[col["conns_end"]]) : "-"
-				line = sc "|" f[col["rps"]] "|" ms(f[col["p50_us"]]) "|" ms(f[col["p90_us"]]) "|" ms(f[col["p99_us"]]) "|" \
-					f[col["errors"]] "|" f[col["mints"]] "|" f[col["peak_pg"]] "|" f[col["logins_per_s"]] "|" \
-					f[col["cpu_us_per_req"]] "|" f[col["pg_us_per_req"]] "|" (f[col["rss_kb"]] == "-" ? "-" : sprintf("%.1f", f[col["rss_kb"]] / 1024)) "|" kb "|" \
-					f[col["host_busy_pct"]] "|" (ref == "" ? "-" : ref) "|" \
-					(ref == "" ? "-" : ratio(num(f[col["rps"]]), rps[ref])) "|" \
-					(ref == "" ? "-" : ratio(num(f[col["p50_us"]]), p50[ref])) "|" \
-					(ref == "" ? "-" : ratio(num(f[col["p99_us"]]), p99[ref])) "|" \
-					(ref == "" ? "-" : ratio(num(f[col["cpu_us_per_req"]]), cpu[ref]))
-				if (fmt == "md") print "| " gensub_bar(line) " |"; else print line
+			hdr = "scenario|req/s|p50 ms|p90 ms|p99 ms|errors|mints|peak pg|logins/s|cpu us/req|pg us/req|rss MB|KB/conn|host cpu%|load|vs|x rps|x p50|x p99|x cpu"
+			out(hdr)
+			if (fmt == "md") { sep = "|"; m = split(hdr, h, "|"); for (i = 1; i <= m; i++) sep = sep "---|"; print sep }
+			for (i = 1; i <= rows; i++) {
+				sc = cell(i, "scenario"); vs = cell(i, "vs"); r = vs
+				if (vs == "floor" && sc ~ /1000/) r = "floor-1000"
+				if (vs == "floor" && sc == "post") r = "floor-post"
+				if (vs == "-") r = ""
+				rss = cell(i, "rss_kb"); conns = cell(i, "conns_end")
+				kb = (conns + 0 > 0 && rss != "-") ? sprintf("%.0f", rss / conns) : "-"
+				line = sc "|" cell(i, "rps") "|" ms(cell(i, "p50_us")) "|" ms(cell(i, "p90_us")) "|" ms(cell(i, "p99_us")) "|" \
+					cell(i, "errors") "|" cell(i, "mints") "|" cell(i, "peak_pg") "|" cell(i, "logins_per_s") "|" \
+					cell(i, "cpu_us_per_req") "|" cell(i, "pg_us_per_req") "|" (rss == "-" ? "-" : sprintf("%.1f", rss / 1024)) "|" kb "|" \
+					cell(i, "host_busy_pct") "|" cell(i, "load1") "|" (r == "" ? "-" : r)
+				if (r == "")
+					line = line "|-|-|-|-"
+				else
+					line = line "|" ratio(num(cell(i, "rps")), ref(i, r, "rps")) "|" ratio(num(cell(i, "p50_us")), ref(i, r, "p50_us")) \
+						"|" ratio(num(cell(i, "p99_us")), ref(i, r, "p99_us")) "|" ratio(num(cell(i, "cpu_us_per_req")), ref(i, r, "cpu_us_per_req"))
+				out(line)
 			}
 		}
-		function gensub_bar(s) { gsub(/\|/, " | ", s); return s }
 	' <(tr ' ' '\t' <<<"$RESULT_COLUMNS") "$RESULTS" |
 		if [[ $fmt == md ]]; then cat; else column -t -s '|'; fi
 }
 
 print_notes() {
-	local f=$BENCH_STATE/mintlogin.out
-	if [[ -s $f ]]; then
+	local parts=$BENCH_STATE/mintlogin.out
+	if [[ -s $parts ]]; then
 		echo
 		awk -F= '{ v[$1] = $2 } END {
 			printf "first-request parts (100 users, sequential): mint p50 %.2f ms p99 %.2f ms; TLS+SCRAM login p50 %.2f ms p99 %.2f ms\n",
 				v["mint_p50_us"] / 1000, v["mint_p99_us"] / 1000, v["login_p50_us"] / 1000, v["login_p99_us"] / 1000
 			printf "cold-1000 p99 target (mint + login + 2 ms): %.2f ms with medians, %.2f ms with p99s\n",
 				(v["mint_p50_us"] + v["login_p50_us"]) / 1000 + 2, (v["mint_p99_us"] + v["login_p99_us"]) / 1000 + 2
-		}' "$f"
+		}' "$parts"
 	fi
 	if [[ -s $PROFILE_DIR/instructions.txt ]]; then
 		echo
@@ -600,8 +650,9 @@ print_notes() {
 	fi
 	echo
 	echo "wrk -t$BENCH_WRK_THREADS -c$BENCH_CONNECTIONS, ${DURATION}s per scenario; worker/floor/ceiling threads $THREADS;" \
-		"vs: the floor row each ratio is taken against (x p50/p99/cpu: lower is better)"
-	awk -F '\t' '$NF != "-" && $NF != "" { printf "%s: PostgreSQL PSS %s MB, worker RSS %.1f MB, %s connections open\n", $1, $NF, $16 / 1024, $17 }' \
+		"x rps/p50/p99/cpu: ratio to the mean of the nearest '<vs>' rows before and after (p50/p99/cpu: lower is better);" \
+		"load: the host's 1-minute load average at the end of the row (2 cores; the machine is shared)"
+	awk -F '\t' '$19 != "-" && $19 != "" { printf "%s: PostgreSQL PSS %s MB, worker RSS %.1f MB, %s connections open\n", $1, $19, $16 / 1024, $17 }' \
 		"$RESULTS"
 	echo "source: $SRC_REV; host load average (1, 5, 15 min) before: $LOAD_BEFORE, after: $LOAD_AFTER"
 	echo "raw results: $RESULTS; profiles: $PROFILE_DIR"
@@ -645,44 +696,63 @@ main() {
 	bench_worker_config "$BENCH_STATE/worker-userpool.json" ".user_pool.max = $THREADS"
 	product_start "$BENCH_STATE/worker.json"
 
-	# References first: the floor's static passwords must be set before
-	# the product mints (a mint replaces a role's password).
 	bench_nginx_start ref "$REF_PORT" "$(ref_sock)" off
+	bench_floor_password
 	scenario_ceiling_http
 	scenario_ceiling_db
 	scenario_mint_login
-	floor_scenarios
-	bench_stop nginx-ref
 
+	# One user: every product row between two floor rows.
 	local U=BENCH_PATH=$USER_PATH W=$BENCH_STATE/worker.json P=$STACK_HTTP_PORT
-	product_scenario sp floor "$W" "$P" 2 BENCH_USERS=0 BENCH_PATH="$SP_PATH"
-	product_scenario user-1 floor "$W" "$P" 2 BENCH_USERS=1 "$U"
+	measure_floor floor
+	if [[ -n $PROFILE ]] && want floor; then
+		profile_perf floor "$(bench_pid floor)" "$REF_PORT" BENCH_USERS=1 BENCH_KIND=f "$U"
+	fi
+	product_scenario sp floor "$W" "$P" 1 BENCH_USERS=0 BENCH_PATH="$SP_PATH"
+	measure_floor floor
+	product_scenario user-1 floor "$W" "$P" 1 BENCH_USERS=1 "$U"
 	if [[ -n $PROFILE ]] && want user-1; then
 		profile_perf user-1 "$(worker_pid)" "$P" BENCH_USERS=1 "$U"
 	fi
+	measure_floor floor
 	# Diagnostic: one user may use as many connections as there are threads
 	# (user_pool.max, default 3), to separate the per-user cap from the rest.
-	product_scenario "user-1-max$THREADS" floor "$BENCH_STATE/worker-userpool.json" "$P" 2 BENCH_USERS=1 "$U"
-	product_scenario user-10 floor "$W" "$P" 2 BENCH_USERS=10 "$U"
+	product_scenario "user-1-max$THREADS" floor "$BENCH_STATE/worker-userpool.json" "$P" 1 BENCH_USERS=1 "$U"
+	measure_floor floor
+	product_scenario user-10 floor "$W" "$P" 1 BENCH_USERS=10 "$U"
+	measure_floor floor
+	scenario_refresh
+	measure_floor floor-post
+	product_scenario post floor "$W" "$P" 1 BENCH_USERS=1 BENCH_PATH=/api/my/todos BENCH_METHOD=POST \
+		BENCH_BODY='{"title":"bench-post"}'
+	if want post; then
+		clear_posts
+	fi
+	measure_floor floor-post
+	keep_conn_scenarios
+	measure_floor floor
+	bench_stop floor
+	FLOOR_RUNNING=
+
+	# 1000 users.
+	measure_floor floor-1000
 	product_scenario user-1000-b1100 floor "$BENCH_STATE/worker-b1100.json" "$P" prime BENCH_USERS=1000 "$U"
-	product_scenario user-1000 floor "$W" "$P" prime BENCH_USERS=1000 "$U"
+	measure_floor floor-1000
+	product_scenario user-1000 floor "$W" "$P" prime1 BENCH_USERS=1000 "$U"
 	# The same worker: its credentials for the 1000 users are cached.
 	if want zipf-1000; then
 		want user-1000 || product_start "$W"
-		measure zipf-1000 floor "$(worker_pid)" "$BENCH_APP" "$P" "$(want user-1000 && echo 3 || echo prime)" \
+		measure zipf-1000 floor "$(worker_pid)" "$BENCH_APP" "$P" "$(want user-1000 && echo 3 || echo prime1)" \
 			BENCH_USERS=1000 BENCH_DIST=zipf BENCH_ZIPF_S=1.1 "$U"
 	fi
 	if [[ -n $PROFILE ]] && want user-1000; then
 		profile_perf user-1000 "$(worker_pid)" "$P" BENCH_USERS=1000 "$U"
 	fi
 	scenario_cold
-	product_scenario post floor "$W" "$P" 2 BENCH_USERS=1 BENCH_PATH=/api/my/todos BENCH_METHOD=POST \
-		BENCH_BODY='{"title":"bench-post"}'
-	if want post; then
-		clear_posts
+
+	if [[ -n $PROFILE ]] && want floor; then
+		profile_callgrind floor
 	fi
-	scenario_refresh
-	keep_conn_scenarios
 	if [[ -n $PROFILE ]] && want user-1; then
 		profile_callgrind user-1
 	fi
