@@ -52,7 +52,7 @@ bench_setup_db() {
 	-- ORDER BY title LIMIT n: an index walk for the SP (no filter); for a
 	-- user, an index the RLS policy can use. The policy's owner =
 	-- current_user compares text with name, whose collation is "C": the
-	-- schema's todos_owner_idx (database collation) is never used for it,
+	-- schema once indexed owner in the database collation, unusable for it;
 	-- and every user query would scan the whole table.
 	CREATE INDEX IF NOT EXISTS bench_todos_title ON app.todos (title);
 	CREATE INDEX IF NOT EXISTS bench_todos_owner_c ON app.todos (owner COLLATE "C", title);

@@ -171,12 +171,6 @@ logfmt_line(struct strbuf *sb, const char *ts, const char *level, const char *ms
 }
 
 static void
-json_print(void *ctx, const char *text, size_t len)
-{
-	strbuf_append(ctx, text, len);
-}
-
-static void
 json_string(yajl_gen g, const char *s)
 {
 	yajl_gen_string(g, (const unsigned char *)s, strlen(s));
@@ -204,7 +198,7 @@ json_line(struct strbuf *sb, const char *ts, const char *level, const char *msg,
 		return;
 	}
 	strbuf_init(&scratch);
-	yajl_gen_config(g, yajl_gen_print_callback, json_print, sb);
+	yajl_gen_config(g, yajl_gen_print_callback, strbuf_append_cb, sb);
 	yajl_gen_map_open(g);
 	json_string(g, "ts");
 	json_string(g, ts);

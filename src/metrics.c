@@ -585,12 +585,6 @@ metrics_render(const struct lb_config *cfg, struct strbuf *out)
 /* ---- /status ---- */
 
 static void
-status_print(void *ctx, const char *text, size_t len)
-{
-	strbuf_append(ctx, text, len);
-}
-
-static void
 gen_key(yajl_gen g, const char *key)
 {
 	yajl_gen_string(g, (const unsigned char *)key, strlen(key));
@@ -702,7 +696,7 @@ metrics_status_json(struct strbuf *out)
 
 	if (m == NULL || (g = yajl_gen_alloc(NULL)) == NULL)
 		return -1;
-	yajl_gen_config(g, yajl_gen_print_callback, status_print, out);
+	yajl_gen_config(g, yajl_gen_print_callback, strbuf_append_cb, out);
 	scanned = scan_slots(metrics_shm, &scan) == 0;
 	sum_gauges(m, &t);
 	yajl_gen_map_open(g);

@@ -24,7 +24,6 @@
 
 #include "params.h"
 #include "textfmt.h"
-#include "router.h"     /* url_decode */
 
 /*
  * Deepest nesting accepted in a request body. It bounds the recursion that

@@ -61,12 +61,6 @@ column_kind(Oid type)
 	}
 }
 
-static void
-print_to_strbuf(void *ctx, const char *str, size_t len)
-{
-	strbuf_append(ctx, str, len);
-}
-
 static yajl_gen
 gen_for(struct strbuf *out)
 {
@@ -74,19 +68,9 @@ gen_for(struct strbuf *out)
 
 	if (g == NULL)
 		return NULL;
-	yajl_gen_config(g, yajl_gen_print_callback, print_to_strbuf, out);
+	yajl_gen_config(g, yajl_gen_print_callback, strbuf_append_cb, out);
 	yajl_gen_config(g, yajl_gen_validate_utf8, 1);
 	return g;
-}
-
-/* Drops whatever a failed writer appended after `start`. */
-static void
-strbuf_truncate(struct strbuf *out, size_t start)
-{
-	if (out->data != NULL && start <= out->len) {
-		out->len = start;
-		out->data[start] = '\0';
-	}
 }
 
 static bool

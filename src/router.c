@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "router.h"
+#include "textfmt.h"
 
 /* One decoded segment of the request path. */
 struct decoded_segment {
@@ -25,70 +26,6 @@ struct decoded_path {
 	struct decoded_segment *segs;
 	size_t nsegs;
 };
-
-static int
-hex_value(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
-/*
- * Decodes src[0..len) into dst (room for len + 1 bytes; decoding never
- * grows). Returns the decoded length, or -1 on a malformed escape or a NUL
- * byte, encoded or raw: a NUL would silently cut the C string short.
- */
-static long
-decode_into(char *dst, const char *src, size_t len, int plus_is_space)
-{
-	size_t i, o = 0;
-	int hi, lo;
-
-	for (i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)src[i];
-
-		if (c == '%') {
-			if (len - i < 3)
-				return -1;
-			hi = hex_value((unsigned char)src[i + 1]);
-			lo = hex_value((unsigned char)src[i + 2]);
-			if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
-				return -1;
-			dst[o++] = (char)(hi << 4 | lo);
-			i += 2;
-		} else if (c == '+' && plus_is_space) {
-			dst[o++] = ' ';
-		} else if (c == '\0') {
-			return -1;
-		} else {
-			dst[o++] = (char)c;
-		}
-	}
-	dst[o] = '\0';
-	return (long)o;
-}
-
-char *
-url_decode(const char *src, size_t len, int plus_is_space)
-{
-	char *dst;
-
-	if (len == SIZE_MAX)
-		return NULL;
-	dst = malloc(len + 1);
-	if (dst == NULL)
-		return NULL;
-	if (decode_into(dst, src, len, plus_is_space) < 0) {
-		free(dst);
-		return NULL;
-	}
-	return dst;
-}
 
 static void
 decoded_path_free(struct decoded_path *dp)
@@ -148,7 +85,7 @@ decode_path(const char *path, struct decoded_path *dp)
 			continue;
 		if (i == start)
 			goto fail;      /* empty segment: "//" */
-		dlen = decode_into(dp->buf + off, path + start, i - start, 0);
+		dlen = url_decode_into(dp->buf + off, path + start, i - start, 0);
 		if (dlen < 0)
 			goto fail;
 		s = &dp->segs[dp->nsegs++];

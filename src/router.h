@@ -31,8 +31,6 @@ enum router_status router_match(const struct lb_config *cfg, const char *method,
 				const char *path, struct route_match *out, struct strbuf *allow);
 void route_match_free(struct route_match *m);
 
-/* Percent-decodes src[0..len) into a new string; plus_is_space for query
- * strings. Returns NULL on a malformed escape or an encoded NUL. */
-char *url_decode(const char *src, size_t len, int plus_is_space);
+/* url_decode() is in textfmt.h. */
 
 #endif

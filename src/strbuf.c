@@ -101,6 +101,21 @@ strbuf_reset(struct strbuf *sb)
 		sb->data[0] = '\0';
 }
 
+void
+strbuf_truncate(struct strbuf *sb, size_t len)
+{
+	if (sb->data != NULL && len <= sb->len) {
+		sb->len = len;
+		sb->data[len] = '\0';
+	}
+}
+
+void
+strbuf_append_cb(void *sb, const char *text, size_t len)
+{
+	strbuf_append(sb, text, len);
+}
+
 char *
 strbuf_detach(struct strbuf *sb, size_t *len)
 {

@@ -23,6 +23,11 @@ void strbuf_append_str(struct strbuf *sb, const char *s);
 void strbuf_appendf(struct strbuf *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 bool strbuf_failed(const struct strbuf *sb);
 void strbuf_reset(struct strbuf *sb);        /* len = 0, keeps memory */
+/* Drops everything after the first `len` bytes (no-op if shorter). */
+void strbuf_truncate(struct strbuf *sb, size_t len);
+/* Appends to the strbuf `sb`: usable as a yajl_print_t, so a yajl_gen
+ * writes straight into a buffer (yajl_gen_print_callback). */
+void strbuf_append_cb(void *sb, const char *text, size_t len);
 /* Takes ownership of the data (caller frees); the buffer is re-initialised. */
 char *strbuf_detach(struct strbuf *sb, size_t *len);
 /* Frees; wipe=true cleanses the bytes first (for buffers that held secrets). */

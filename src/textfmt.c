@@ -1,7 +1,9 @@
 /*
- * textfmt.c - strict UTF-8 and RFC 3339 validation (see textfmt.h).
+ * textfmt.c - strict UTF-8, RFC 3339 and percent-decoding (see textfmt.h).
  */
 #include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -141,4 +143,68 @@ parse_rfc3339(const char *text, time_t *out)
 	tm.tm_sec = sec;
 	*out = timegm(&tm) - (time_t)offset_s;
 	return 0;
+}
+
+static int
+hex_value(unsigned char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/*
+ * Decodes src[0..len) into dst (room for len + 1 bytes; decoding never
+ * grows). Returns the decoded length, or -1 on a malformed escape or a NUL
+ * byte, encoded or raw: a NUL would silently cut the C string short.
+ */
+long
+url_decode_into(char *dst, const char *src, size_t len, int plus_is_space)
+{
+	size_t i, o = 0;
+	int hi, lo;
+
+	for (i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)src[i];
+
+		if (c == '%') {
+			if (len - i < 3)
+				return -1;
+			hi = hex_value((unsigned char)src[i + 1]);
+			lo = hex_value((unsigned char)src[i + 2]);
+			if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+				return -1;
+			dst[o++] = (char)(hi << 4 | lo);
+			i += 2;
+		} else if (c == '+' && plus_is_space) {
+			dst[o++] = ' ';
+		} else if (c == '\0') {
+			return -1;
+		} else {
+			dst[o++] = (char)c;
+		}
+	}
+	dst[o] = '\0';
+	return (long)o;
+}
+
+char *
+url_decode(const char *src, size_t len, int plus_is_space)
+{
+	char *dst;
+
+	if (len == SIZE_MAX)
+		return NULL;
+	dst = malloc(len + 1);
+	if (dst == NULL)
+		return NULL;
+	if (url_decode_into(dst, src, len, plus_is_space) < 0) {
+		free(dst);
+		return NULL;
+	}
+	return dst;
 }

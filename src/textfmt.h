@@ -1,7 +1,8 @@
 /*
- * textfmt.h - the text formats several modules validate: strict UTF-8
- * (request parameters, result columns) and RFC 3339 timestamps (parameter
- * values, the workspace's expire_time). One implementation, so the worker
+ * textfmt.h - the text formats several modules handle: strict UTF-8
+ * (request parameters, result columns), RFC 3339 timestamps (parameter
+ * values, the workspace's expire_time) and percent-encoding (paths, query
+ * strings). One implementation, so the worker
  * accepts the same things everywhere.
  */
 #ifndef LB_TEXTFMT_H
@@ -23,5 +24,15 @@ size_t utf8_sequence_len(const unsigned char *s, size_t len);
  * stores the time (a fraction truncated) and returns 0; else -1.
  */
 int parse_rfc3339(const char *text, time_t *out);
+
+/*
+ * Percent-decodes src[0..len) into dst (room for len + 1 bytes; decoding
+ * never grows); plus_is_space for query strings. Returns the decoded
+ * length, or -1 on a malformed escape or a NUL byte, encoded or raw (a NUL
+ * would silently cut the C string short).
+ */
+long url_decode_into(char *dst, const char *src, size_t len, int plus_is_space);
+/* The same into a new string; NULL on a malformed input or no memory. */
+char *url_decode(const char *src, size_t len, int plus_is_space);
 
 #endif

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "router.h"
+#include "textfmt.h"
 #include "unit.h"
 
 /* Templates, as config.c compiles them: one path_segment per segment. */
