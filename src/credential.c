@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 
@@ -100,6 +101,30 @@ struct refresh_report {
 /* ------------------------------------------------------------------ */
 /* identities */
 
+/*
+ * SHA-256 of a workspace token, once per request. OpenSSL 3's one-shot
+ * SHA256() looks the digest up (a global lock and a hash lookup) on every
+ * call; it is fetched once instead.
+ */
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void
+fetch_sha256(void)
+{
+	sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
+static void
+token_fingerprint(const char *token, unsigned char fp[TOKEN_FP_LEN])
+{
+	size_t len = strlen(token);
+
+	pthread_once(&sha256_once, fetch_sha256);
+	if (sha256_md == NULL || EVP_Digest(token, len, fp, NULL, sha256_md, NULL) != 1)
+		SHA256((const unsigned char *)token, len, fp);
+}
+
 void
 identity_user(struct identity *id, const char *email, const char *workspace_token)
 {
@@ -108,7 +133,7 @@ identity_user(struct identity *id, const char *email, const char *workspace_toke
 	id->email = email;
 	id->workspace_token = workspace_token;
 	if (workspace_token != NULL)
-		SHA256((const unsigned char *)workspace_token, strlen(workspace_token), id->token_fp);
+		token_fingerprint(workspace_token, id->token_fp);
 }
 
 void

@@ -53,13 +53,14 @@ is_printable_ascii(const char *s)
 static int
 take_header(const struct http_request *req, const char *name, char **out, struct lb_error *err)
 {
-	int count = request_header_count(req, name);
+	int count;
+	const char *value = request_header(req, name, &count);
 
 	*out = NULL;
 	if (count > 1)
 		return lb_error_set(err, LB_ERR_BAD_REQUEST, "An identity header was sent more than once.",
 				    "header %s repeated %d times", name, count);
-	*out = trimmed_copy(request_header(req, name));
+	*out = trimmed_copy(value);
 	if (*out == NULL)
 		return lb_error_set(err, LB_ERR_UNAUTHENTICATED, MSG_UNAUTHENTICATED, "header %s missing or blank",
 				    name);
@@ -100,8 +101,8 @@ identity_from_request(const struct lb_config *cfg, const struct http_request *re
 		identity_sp(&out->id);
 		return 0;
 	}
-	if (cfg->development_mode && request_header_count(req, cfg->email_header) == 0 &&
-	    request_header_count(req, cfg->token_header) == 0) {
+	if (cfg->development_mode && request_header(req, cfg->email_header, NULL) == NULL &&
+	    request_header(req, cfg->token_header, NULL) == NULL) {
 		warn_development_fallback();
 		identity_sp(&out->id);
 		out->development_fallback = true;

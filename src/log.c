@@ -3,6 +3,7 @@
  * from concurrent threads and processes never interleave. JSON is written
  * with yajl_gen, like every other JSON of the project.
  */
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -10,7 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -22,6 +22,9 @@
 static atomic_int current_level = LOG_LVL_INFO;
 static atomic_int current_format = LOG_FMT_LOGFMT;
 static atomic_bool redact_emails = true;
+
+/* Room for a request line at once, instead of growing 64, 128, 256... */
+#define LOG_LINE_TYPICAL 384
 
 static const char *const level_names[] = { "debug", "info", "warn", "error" };
 
@@ -126,17 +129,78 @@ append_value(struct strbuf *sb, const char *v)
 	strbuf_append(sb, "\"", 1);
 }
 
+/*
+ * "2026-11-21T12:00:00.123Z". Every request logs a line: the calendar part
+ * is formatted once per second per thread, the milliseconds by hand.
+ */
 static void
 format_timestamp(char *buf, size_t size)
 {
-	struct timeval tv;
+	static _Thread_local time_t cached_sec = (time_t)-1;
+	static _Thread_local char cached[24];
+	struct timespec now;
 	struct tm tm;
-	char secs[32];
+	size_t n;
+	int ms;
 
-	gettimeofday(&tv, NULL);
-	gmtime_r(&tv.tv_sec, &tm);
-	strftime(secs, sizeof(secs), "%Y-%m-%dT%H:%M:%S", &tm);
-	snprintf(buf, size, "%.19s.%03dZ", secs, (int)(tv.tv_usec / 1000) % 1000);
+	clock_gettime(CLOCK_REALTIME, &now);
+	if (now.tv_sec != cached_sec) {
+		gmtime_r(&now.tv_sec, &tm);
+		if (strftime(cached, sizeof(cached), "%Y-%m-%dT%H:%M:%S", &tm) == 0)
+			cached[0] = '\0';
+		cached_sec = now.tv_sec;
+	}
+	ms = (int)(now.tv_nsec / 1000000) % 1000;
+	n = strlen(cached);
+	if (n + sizeof(".123Z") > size) {
+		buf[0] = '\0';
+		return;
+	}
+	memcpy(buf, cached, n);
+	buf[n++] = '.';
+	buf[n++] = (char)('0' + ms / 100);
+	buf[n++] = (char)('0' + ms / 10 % 10);
+	buf[n++] = (char)('0' + ms % 10);
+	buf[n++] = 'Z';
+	buf[n] = '\0';
+}
+
+/*
+ * The pid, as text: getpid() is a system call, so it is asked once per
+ * process (a fork forgets it) and formatted once per thread.
+ */
+static atomic_long known_pid;
+static pthread_once_t fork_handler_once = PTHREAD_ONCE_INIT;
+
+static void
+forget_pid(void)
+{
+	atomic_store(&known_pid, 0);
+}
+
+static void
+register_fork_handler(void)
+{
+	pthread_atfork(NULL, NULL, forget_pid);
+}
+
+static const char *
+pid_text(void)
+{
+	static _Thread_local long text_pid;
+	static _Thread_local char text[24];
+	long pid = atomic_load(&known_pid);
+
+	if (pid == 0) {
+		pthread_once(&fork_handler_once, register_fork_handler);
+		pid = (long)getpid();
+		atomic_store(&known_pid, pid);
+	}
+	if (pid != text_pid) {
+		snprintf(text, sizeof(text), "%ld", pid);
+		text_pid = pid;
+	}
+	return text;
 }
 
 /* A value as logged: masked when emails are redacted. `scratch` holds it. */
@@ -157,13 +221,21 @@ logfmt_line(struct strbuf *sb, const char *ts, const char *level, const char *ms
 	const char *key, *value;
 
 	strbuf_init(&scratch);
-	strbuf_appendf(sb, "ts=%s level=%s pid=%ld msg=", ts, level, (long)getpid());
+	strbuf_append(sb, "ts=", 3);
+	strbuf_append_str(sb, ts);
+	strbuf_append(sb, " level=", 7);
+	strbuf_append_str(sb, level);
+	strbuf_append(sb, " pid=", 5);
+	strbuf_append_str(sb, pid_text());
+	strbuf_append(sb, " msg=", 5);
 	append_value(sb, shown(msg, &scratch));
 	while ((key = va_arg(ap, const char *)) != NULL) {
 		value = va_arg(ap, const char *);
 		if (value == NULL)
 			continue;
-		strbuf_appendf(sb, " %s=", key);
+		strbuf_append(sb, " ", 1);
+		strbuf_append_str(sb, key);
+		strbuf_append(sb, "=", 1);
 		append_value(sb, shown(value, &scratch));
 	}
 	strbuf_free(&scratch, false);
@@ -205,7 +277,7 @@ json_line(struct strbuf *sb, const char *ts, const char *level, const char *msg,
 	json_string(g, "level");
 	json_string(g, level);
 	json_string(g, "pid");
-	yajl_gen_integer(g, (long long)getpid());
+	yajl_gen_number(g, pid_text(), strlen(pid_text()));
 	json_string(g, "msg");
 	json_string(g, shown(msg, &scratch));
 	while ((key = va_arg(ap, const char *)) != NULL) {
@@ -235,6 +307,7 @@ log_event(enum log_level level, const char *msg, ...)
 	if ((int)level < atomic_load(&current_level))
 		return;
 	strbuf_init(&sb);
+	strbuf_grow(&sb, LOG_LINE_TYPICAL);
 	format_timestamp(ts, sizeof(ts));
 	va_start(ap, msg);
 	if (atomic_load(&current_format) == LOG_FMT_JSON)

@@ -7,38 +7,50 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <openssl/rand.h>
 
 #include "request.h"
 
 #define HEADER_NAME_MAX 128
+/* Status line, Content-Type and Content-Length: room for them at once. */
+#define RESPONSE_HEAD_TYPICAL 128
 
-/* ctx: a NULL-terminated "NAME=value" array (FastCGI params, environ). */
+/* One scan of params for NAME: the first value, and how many there are. */
 static const char *
-env_param(void *ctx, const char *name)
+find_param(char **params, const char *name, int *count)
 {
-	return FCGX_GetParam(name, ctx);
+	size_t n = strlen(name);
+	const char *first = NULL;
+	int found = 0;
+
+	for (char **e = params; e != NULL && *e != NULL; e++) {
+		if (strncmp(*e, name, n) != 0 || (*e)[n] != '=')
+			continue;
+		if (found++ == 0) {
+			first = *e + n + 1;
+			if (count == NULL)
+				break;
+		}
+	}
+	if (count != NULL)
+		*count = found;
+	return first;
 }
 
-/* Counts NAME=... entries: nginx passes a header sent twice (in any
- * letter case) as two parameters, and FCGX_GetParam sees only the first. */
-static int
-env_param_count(void *ctx, const char *name)
+const char *
+request_param(const struct http_request *req, const char *name)
 {
-	char **envp = ctx;
-	size_t n = strlen(name);
-	int count = 0;
-
-	for (char **e = envp; e != NULL && *e != NULL; e++) {
-		if (strncmp(*e, name, n) == 0 && (*e)[n] == '=')
-			count++;
-	}
-	return count;
+	return find_param(req->params, name, NULL);
 }
 
 /* "X-Forwarded-Email" -> "HTTP_X_FORWARDED_EMAIL"; false if too long. */
@@ -59,40 +71,77 @@ header_param_name(const char *name, char *key, size_t keylen)
 }
 
 const char *
-request_header(const struct http_request *req, const char *name)
+request_header(const struct http_request *req, const char *name, int *count)
 {
 	char key[HEADER_NAME_MAX + sizeof("HTTP_")];
 
-	if (req->param == NULL || !header_param_name(name, key, sizeof(key)))
+	if (!header_param_name(name, key, sizeof(key))) {
+		if (count != NULL)
+			*count = 0;
 		return NULL;
-	return req->param(req->param_ctx, key);
+	}
+	return find_param(req->params, key, count);
 }
 
-int
-request_header_count(const struct http_request *req, const char *name)
-{
-	char key[HEADER_NAME_MAX + sizeof("HTTP_")];
+/*
+ * Request ids: a random 64-bit prefix per thread (drawn again after a fork,
+ * so two processes never share one) and a per-thread counter, scrambled by
+ * a bijection so ids do not look sequential. Unique without RAND_bytes per
+ * request, which costs more than the rest of the id handling together.
+ */
+static atomic_uint fork_generation;
+static pthread_once_t fork_handler_once = PTHREAD_ONCE_INIT;
 
-	if (!header_param_name(name, key, sizeof(key)))
-		return 0;
-	if (req->param_count != NULL)
-		return req->param_count(req->param_ctx, key);
-	return req->param != NULL && req->param(req->param_ctx, key) != NULL ? 1 : 0;
+static void
+count_fork(void)
+{
+	atomic_fetch_add(&fork_generation, 1);
+}
+
+static void
+register_fork_handler(void)
+{
+	pthread_atfork(NULL, NULL, count_fork);
+}
+
+/* splitmix64's finaliser: a bijection on 64-bit values. */
+static uint64_t
+scramble(uint64_t x)
+{
+	x = (x ^ (x >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+	x = (x ^ (x >> 27)) * UINT64_C(0x94d049bb133111eb);
+	return x ^ (x >> 31);
+}
+
+static void
+put_hex64(char *buf, uint64_t v)
+{
+	static const char hex[] = "0123456789abcdef";
+
+	for (int i = 15; i >= 0; i--, v >>= 4)
+		buf[i] = hex[v & 15];
 }
 
 void
 request_generate_id(char *buf)
 {
-	unsigned char raw[16];
-	static const char hex[] = "0123456789abcdef";
+	static _Thread_local bool seeded;
+	static _Thread_local unsigned seeded_generation;
+	static _Thread_local uint64_t prefix, counter;
+	unsigned generation;
 
-	if (RAND_bytes(raw, sizeof(raw)) != 1)
-		memset(raw, 0, sizeof(raw));
-	for (size_t i = 0; i < sizeof(raw); i++) {
-		buf[2 * i] = hex[raw[i] >> 4];
-		buf[2 * i + 1] = hex[raw[i] & 15];
+	pthread_once(&fork_handler_once, register_fork_handler);
+	generation = atomic_load(&fork_generation);
+	if (!seeded || seeded_generation != generation) {
+		if (RAND_bytes((unsigned char *)&prefix, sizeof(prefix)) != 1)
+			prefix = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+		counter = 0;
+		seeded = true;
+		seeded_generation = generation;
 	}
-	buf[2 * sizeof(raw)] = '\0';
+	put_hex64(buf, prefix);
+	put_hex64(buf + 16, scramble(++counter));
+	buf[32] = '\0';
 }
 
 /* A client-supplied request id is echoed and logged, so only a short,
@@ -212,9 +261,7 @@ request_fill(char **envp, body_read_fn read_fn, void *in, long max_body, struct 
 	const char *query;
 
 	memset(req, 0, sizeof(*req));
-	req->param = env_param;
-	req->param_count = env_param_count;
-	req->param_ctx = envp;
+	req->params = envp;
 	rid = FCGX_GetParam("HTTP_X_REQUEST_ID", envp);
 	if (rid != NULL && request_id_is_sane(rid))
 		snprintf(req->request_id, sizeof(req->request_id), "%s", rid);
@@ -331,9 +378,16 @@ response_send(body_write_fn write_fn, void *out, const struct http_response *res
 	int rc = 0;
 
 	strbuf_init(&head);
-	strbuf_appendf(&head, "Status: %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n",
-		       resp->status, status_reason(resp->status),
-		       resp->content_type ? resp->content_type : "application/json", resp->body.len);
+	strbuf_grow(&head, RESPONSE_HEAD_TYPICAL + resp->headers.len);
+	strbuf_append(&head, "Status: ", 8);
+	strbuf_append_uint(&head, (unsigned)resp->status);
+	strbuf_append(&head, " ", 1);
+	strbuf_append_str(&head, status_reason(resp->status));
+	strbuf_append(&head, "\r\nContent-Type: ", 16);
+	strbuf_append_str(&head, resp->content_type ? resp->content_type : "application/json");
+	strbuf_append(&head, "\r\nContent-Length: ", 18);
+	strbuf_append_uint(&head, resp->body.len);
+	strbuf_append(&head, "\r\n", 2);
 	if (resp->headers.len > 0)
 		strbuf_append(&head, resp->headers.data, resp->headers.len);
 	strbuf_append(&head, "\r\n", 2);

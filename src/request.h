@@ -24,11 +24,9 @@ struct http_request {
 	char *body;               /* NUL-terminated copy of the body, NULL if none (owned) */
 	size_t body_len;
 	char request_id[REQUEST_ID_MAX + 1];
-	/* CGI-style parameter lookup ("HTTP_X_FORWARDED_EMAIL"); NULL if absent. */
-	const char *(*param)(void *ctx, const char *name);
-	/* How many times the parameter occurs (a header sent twice). */
-	int (*param_count)(void *ctx, const char *name);
-	void *param_ctx;
+	/* The CGI-style "NAME=value" parameters, NULL-terminated (FastCGI
+	 * params or environ); not owned. NULL: none. */
+	char **params;
 };
 
 struct http_response {
@@ -38,10 +36,12 @@ struct http_response {
 	const char *content_type; /* static text; NULL: application/json */
 };
 
-/* Looks up a request header by its HTTP name ("X-Forwarded-Email"). */
-const char *request_header(const struct http_request *req, const char *name);
-/* How many times the header reached us (0, 1, or more if repeated). */
-int request_header_count(const struct http_request *req, const char *name);
+/* A CGI-style parameter ("REMOTE_ADDR"): its first value, NULL if absent. */
+const char *request_param(const struct http_request *req, const char *name);
+/* A request header by its HTTP name ("X-Forwarded-Email"): its first value,
+ * NULL if absent; *count (when not NULL) gets how many times it reached us
+ * (a header sent twice, in any letter case, is two parameters). */
+const char *request_header(const struct http_request *req, const char *name, int *count);
 
 /*
  * Fills req from a FastCGI request: path from REQUEST_URI (or SCRIPT_NAME +
@@ -65,7 +65,8 @@ int response_send_fcgx(FCGX_Request *fcgx, const struct http_response *resp);
 int response_send_cgi(FILE *out, const struct http_response *resp);
 void response_free(struct http_response *resp);
 
-/* A fresh random request id (32 hex chars). buf has REQUEST_ID_MAX+1 bytes. */
+/* A fresh request id, unique across the processes and threads of a host
+ * (32 hex chars, not a secret). buf has REQUEST_ID_MAX+1 bytes. */
 void request_generate_id(char *buf);
 
 #endif

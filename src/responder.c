@@ -9,9 +9,12 @@
  */
 #include <stdarg.h>
 #include <stdbool.h>
+#include <malloc.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
 #include <yajl/yajl_gen.h>
 #include <yajl/yajl_parse.h>
 
@@ -61,6 +64,50 @@ column_kind(Oid type)
 	}
 }
 
+/*
+ * yajl's memory for result sets holds rows. The buffer's used part is
+ * wiped before it is freed (responder_result_json), and a block a growing
+ * buffer moves away from is wiped whole: realloc would leave that copy in
+ * freed memory.
+ */
+static void *
+wiping_malloc(void *ctx, size_t size)
+{
+	(void)ctx;
+	return malloc(size);
+}
+
+static void
+plain_free(void *ctx, void *ptr)
+{
+	(void)ctx;
+	free(ptr);
+}
+
+static void *
+wiping_realloc(void *ctx, void *ptr, size_t size)
+{
+	void *moved;
+	size_t old;
+
+	(void)ctx;
+	if (ptr == NULL)
+		return malloc(size);
+	old = malloc_usable_size(ptr);
+	if (size <= old)
+		return ptr;
+	moved = malloc(size);
+	if (moved == NULL)
+		return NULL;
+	memcpy(moved, ptr, old);
+	OPENSSL_cleanse(ptr, old);
+	free(ptr);
+	return moved;
+}
+
+static yajl_alloc_funcs wiping_alloc = { wiping_malloc, wiping_realloc, plain_free, NULL };
+
+/* A generator writing into out, checking that strings are UTF-8. */
 static yajl_gen
 gen_for(struct strbuf *out)
 {
@@ -337,12 +384,21 @@ gen_rows_affected(yajl_gen g, const PGresult *res)
 	return yajl_gen_map_close(g);
 }
 
+bool
+responder_needs_utf8_check(const PGconn *pg)
+{
+	const char *encoding = PQparameterStatus(pg, "server_encoding");
+
+	return encoding == NULL || strcmp(encoding, "SQL_ASCII") == 0;
+}
+
 int
-responder_result_json(const PGresult *res, const struct route *route, struct strbuf *out,
-		      struct lb_error *err)
+responder_result_json(const PGresult *res, const struct route *route, bool check_utf8,
+		      struct strbuf *out, struct lb_error *err)
 {
 	ExecStatusType status = PQresultStatus(res);
-	size_t start = out->len;
+	size_t start = out->len, len = 0;
+	const unsigned char *json = NULL;
 	yajl_gen_status st;
 	yajl_gen g;
 
@@ -356,9 +412,12 @@ responder_result_json(const PGresult *res, const struct route *route, struct str
 		return lb_error_set(err, LB_ERR_INTERNAL, "The query returned an unexpected result.",
 				    "result=one but the query returned %d rows", PQntuples(res));
 
-	g = gen_for(out);
+	/* Rows go to yajl's own buffer, copied to out once: a print callback
+	 * per token costs more than the rest of the encoding. */
+	g = yajl_gen_alloc(&wiping_alloc);
 	if (g == NULL)
 		return lb_error_set(err, LB_ERR_INTERNAL, "Out of memory.", "yajl_gen_alloc failed");
+	yajl_gen_config(g, yajl_gen_validate_utf8, check_utf8 ? 1 : 0);
 	switch (route->result) {
 	case RESULT_ROWS:
 		st = gen_rows(g, res, route->max_rows);
@@ -371,8 +430,14 @@ responder_result_json(const PGresult *res, const struct route *route, struct str
 		st = gen_rows_affected(g, res);
 		break;
 	}
+	if (st == yajl_gen_status_ok && yajl_gen_get_buf(g, &json, &len) == yajl_gen_status_ok) {
+		strbuf_append(out, json, len);
+		OPENSSL_cleanse((void *)json, len);   /* yajl hands it out read-only; it is our copy */
+	} else {
+		json = NULL;
+	}
 	yajl_gen_free(g);
-	if (st != yajl_gen_status_ok || strbuf_failed(out)) {
+	if (json == NULL || strbuf_failed(out)) {
 		strbuf_truncate(out, start);
 		return lb_error_set(err, LB_ERR_INTERNAL, "The result could not be encoded.",
 				    "writing the result as JSON failed (yajl_gen status %d%s)",

@@ -18,6 +18,8 @@
 
 #include <libpq-fe.h>
 
+#include <stdbool.h>
+
 #include "config.h"
 #include "error.h"
 #include "strbuf.h"
@@ -26,9 +28,14 @@
  * with more than one row. For result=rows, rows past route->max_rows (when
  * > 0) are silently not written: the SQL (LIMIT) or the caller should keep
  * results that large from being fetched at all. On failure nothing is left
- * appended to `out`. */
-int responder_result_json(const PGresult *res, const struct route *route, struct strbuf *out,
-			  struct lb_error *err);
+ * appended to `out`. check_utf8: refuse text that is not UTF-8 (a failure)
+ * rather than trusting the server's encoding conversion. */
+int responder_result_json(const PGresult *res, const struct route *route, bool check_utf8,
+			  struct strbuf *out, struct lb_error *err);
+/* Whether text from this connection needs checking as UTF-8 before it goes
+ * into JSON: PostgreSQL converts to client_encoding UTF8 from any server
+ * encoding but SQL_ASCII, which passes bytes through unchecked. */
+bool responder_needs_utf8_check(const PGconn *pg);
 
 /* Writes the error body. */
 int responder_error_json(const struct lb_error *err, const char *request_id, struct strbuf *out);

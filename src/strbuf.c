@@ -20,9 +20,8 @@ strbuf_init(struct strbuf *sb)
 	sb->failed = false;
 }
 
-/* Makes room for `extra` more bytes plus the terminating NUL. */
-static bool
-strbuf_reserve(struct strbuf *sb, size_t extra)
+bool
+strbuf_grow(struct strbuf *sb, size_t extra)
 {
 	size_t need, cap;
 	char *p;
@@ -52,7 +51,7 @@ strbuf_reserve(struct strbuf *sb, size_t extra)
 void
 strbuf_append(struct strbuf *sb, const void *data, size_t len)
 {
-	if (!strbuf_reserve(sb, len))
+	if (!strbuf_grow(sb, len))
 		return;
 	if (len > 0)
 		memcpy(sb->data + sb->len, data, len);
@@ -79,12 +78,25 @@ strbuf_appendf(struct strbuf *sb, const char *fmt, ...)
 		sb->failed = true;
 		return;
 	}
-	if (!strbuf_reserve(sb, (size_t)n))
+	if (!strbuf_grow(sb, (size_t)n))
 		return;
 	va_start(ap, fmt);
 	vsnprintf(sb->data + sb->len, (size_t)n + 1, fmt, ap);
 	va_end(ap);
 	sb->len += (size_t)n;
+}
+
+void
+strbuf_append_uint(struct strbuf *sb, unsigned long long v)
+{
+	char digits[24];
+	size_t i = sizeof(digits);
+
+	do {
+		digits[--i] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v > 0);
+	strbuf_append(sb, digits + i, sizeof(digits) - i);
 }
 
 bool

@@ -18,8 +18,13 @@ struct strbuf {
 };
 
 void strbuf_init(struct strbuf *sb);
+/* Makes room for `extra` more bytes (plus the NUL) at once; false when
+ * the buffer has failed. Appends grow it anyway: this only saves reallocs. */
+bool strbuf_grow(struct strbuf *sb, size_t extra);
 void strbuf_append(struct strbuf *sb, const void *data, size_t len);
 void strbuf_append_str(struct strbuf *sb, const char *s);
+/* Decimal digits of v: what the hot paths use instead of a printf. */
+void strbuf_append_uint(struct strbuf *sb, unsigned long long v);
 void strbuf_appendf(struct strbuf *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 bool strbuf_failed(const struct strbuf *sb);
 void strbuf_reset(struct strbuf *sb);        /* len = 0, keeps memory */

@@ -42,6 +42,7 @@ struct worker {
 	struct conn_budget *budget;   /* max_connections, shared by every pool */
 	struct pool *sp_pool;
 	struct userpools *users;
+	char *vary_user;              /* "Vary" of user routes: the identity headers */
 
 	pthread_t maintenance;
 	bool maintenance_started;
@@ -162,6 +163,23 @@ start_maintenance(struct worker *w, struct lb_error *err)
 	return 0;
 }
 
+/* The identity headers, as user routes' answers vary on them. */
+static char *
+vary_value(const struct lb_config *cfg)
+{
+	struct strbuf sb;
+
+	strbuf_init(&sb);
+	strbuf_append_str(&sb, cfg->email_header);
+	strbuf_append(&sb, ", ", 2);
+	strbuf_append_str(&sb, cfg->token_header);
+	if (strbuf_failed(&sb)) {
+		strbuf_free(&sb, false);
+		return NULL;
+	}
+	return strbuf_detach(&sb, NULL);
+}
+
 struct worker *
 worker_create(const struct lb_config *cfg, struct lb_error *err)
 {
@@ -173,6 +191,11 @@ worker_create(const struct lb_config *cfg, struct lb_error *err)
 		return NULL;
 	}
 	w->cfg = cfg;
+	w->vary_user = vary_value(cfg);
+	if (w->vary_user == NULL) {
+		lb_error_set(err, LB_ERR_INTERNAL, "Out of memory.", "worker allocation");
+		goto fail;
+	}
 	w->ws = workspace_create(cfg, err);
 	if (w->ws == NULL)
 		goto fail;
@@ -231,6 +254,7 @@ worker_destroy(struct worker *w)
 		credcache_destroy(w->creds);
 	if (w->ws != NULL)
 		workspace_destroy(w->ws);
+	free(w->vary_user);
 	free(w);
 }
 
@@ -333,7 +357,7 @@ check_ready(struct request_ctx *rc)
 static bool
 operator_allowed(struct request_ctx *rc)
 {
-	const char *addr = rc->req->param ? rc->req->param(rc->req->param_ctx, "REMOTE_ADDR") : NULL;
+	const char *addr = request_param(rc->req, "REMOTE_ADDR");
 
 	if (metrics_client_allowed(rc->w->cfg->metrics_allow, addr))
 		return true;
@@ -584,7 +608,8 @@ execute_route(struct request_ctx *rc, struct checkout *co, const struct bound_pa
 	switch (PQresultStatus(res)) {
 	case PGRES_TUPLES_OK:
 	case PGRES_COMMAND_OK:
-		rcode = responder_result_json(res, rc->route, &rc->resp->body, &rc->err);
+		rcode = responder_result_json(res, rc->route, responder_needs_utf8_check(pg), &rc->resp->body,
+					      &rc->err);
 		break;
 	default:
 		responder_pg_error(res, pg, &rc->err);
@@ -627,15 +652,10 @@ static void
 add_cache_headers(struct request_ctx *rc)
 {
 	const struct route *route = rc->route;
-	struct strbuf vary;
 
 	if (route != NULL && route->auth == AUTH_ON_BEHALF_OF_USER) {
 		response_add_header(rc->resp, "Cache-Control", "private, no-store");
-		strbuf_init(&vary);
-		strbuf_appendf(&vary, "%s, %s", rc->w->cfg->email_header, rc->w->cfg->token_header);
-		if (!strbuf_failed(&vary))
-			response_add_header(rc->resp, "Vary", vary.data);
-		strbuf_free(&vary, false);
+		response_add_header(rc->resp, "Vary", rc->w->vary_user);
 	} else if (route != NULL && route->cache_control != NULL && rc->resp->status < 300) {
 		response_add_header(rc->resp, "Cache-Control", route->cache_control);
 	} else {

@@ -494,12 +494,13 @@ test_systemd_unit() {
 }
 
 test_systemd_sandbox() {
-	local trace=$STACK_DIR/it-strace.out pidfile=$STACK_DIR/it-strace.pid pid unexpected writes mark
+	local trace=$STACK_DIR/it-strace.out pidfile=$STACK_DIR/it-strace.pid pid unexpected writes mark start rc
 	syscall_set @system-service | sort -u >"$SYSCALLS_ALLOWED"
 	sup_stop
 	worker_stop
 	_PM_STACK_CHANGED=1
-	rm -f "$STACK_FCGI_SOCK" "$PM_CACHE_FILE" "$trace"
+	rm -f "$STACK_FCGI_SOCK" "$PM_CACHE_FILE" "$trace" "$pidfile"
+	start=$(log_mark "$STACK_WORKER_LOG")
 	sup_launch_cmd strace -f -qq -o "$trace" "$PM_BIN" -c "$CFG" --listen "unix:$STACK_FCGI_SOCK" \
 		--socket-mode 0666 --workers 2 --threads 2 --pidfile "$pidfile" || return 1
 	stack_wait_healthy 30 || return 1
@@ -516,7 +517,13 @@ test_systemd_sandbox() {
 	http GET '/api/todos?limit=1'
 	expect_status 200
 	kill -TERM "$pid"
-	expect_eq "$(sup_wait_exit 30)" 0 "the traced supervisor stopped with status 0"
+	rc=$(sup_wait_exit 30)
+	expect_eq "$rc" 0 "the traced supervisor stopped with status 0"
+	if [[ $rc != 0 ]]; then
+		# Why: what the supervisor logged, and how each traced process ended.
+		log_lines_since "$start" 'level=(warn|error)|exited|died|killing' | tail -n 20 | sed 's/^/       log: /'
+		grep -E '\+\+\+ (exited with [1-9]|killed by)' "$trace" | sed 's/^/       strace: /'
+	fi
 	unexpected=$(awk '{ sub(/^[0-9]+ +/, ""); if (match($0, /^[a-z_0-9]+\(/)) print substr($0, 1, RLENGTH - 1) }' "$trace" |
 		sort -u | grep -vx execve | comm -23 - "$SYSCALLS_ALLOWED" | paste -sd ' ')
 	expect_eq "$unexpected" "" "every system call made is in SystemCallFilter=@system-service"

@@ -9,38 +9,6 @@
 #include "identity.h"
 #include "unit.h"
 
-/* A fake request: parameters as NAME=value strings, repeats allowed. */
-struct fake_params {
-	const char *const *env;
-};
-
-static const char *
-fake_param(void *ctx, const char *name)
-{
-	struct fake_params *fp = ctx;
-	size_t n = strlen(name);
-
-	for (const char *const *e = fp->env; *e != NULL; e++) {
-		if (strncmp(*e, name, n) == 0 && (*e)[n] == '=')
-			return *e + n + 1;
-	}
-	return NULL;
-}
-
-static int
-fake_count(void *ctx, const char *name)
-{
-	struct fake_params *fp = ctx;
-	size_t n = strlen(name);
-	int count = 0;
-
-	for (const char *const *e = fp->env; *e != NULL; e++) {
-		if (strncmp(*e, name, n) == 0 && (*e)[n] == '=')
-			count++;
-	}
-	return count;
-}
-
 static struct lb_config test_cfg = {
 	.email_header = "X-Forwarded-Email",
 	.token_header = "X-Forwarded-Access-Token",
@@ -49,17 +17,19 @@ static struct lb_config test_cfg = {
 static int
 extract(const char *const *env, bool dev_mode, struct request_identity *ri, struct lb_error *err)
 {
-	struct fake_params fp = { env };
 	struct http_request req;
 
 	memset(&req, 0, sizeof(req));
-	req.param = fake_param;
-	req.param_count = fake_count;
-	req.param_ctx = &fp;
+	req.params = (char **)env;   /* only read */
 	test_cfg.development_mode = dev_mode;
 	lb_error_clear(err);
 	return identity_from_request(&test_cfg, &req, AUTH_ON_BEHALF_OF_USER, ri, err);
 }
+
+static const unsigned char TOK1_SHA256[TOKEN_FP_LEN] = {
+	0x65, 0xdc, 0xf1, 0x6e, 0xa3, 0xdf, 0xa4, 0x90, 0x69, 0x62, 0x80, 0x89, 0xeb, 0x4a, 0x75, 0x48,
+	0x30, 0x70, 0xf5, 0x58, 0x4b, 0x2a, 0x21, 0xee, 0x64, 0x91, 0x2b, 0x5f, 0x62, 0x1f, 0x12, 0xda
+};
 
 static void
 test_both_headers_trimmed(void)
@@ -75,6 +45,8 @@ test_both_headers_trimmed(void)
 	CU_ASSERT_STRING_EQUAL(ri.id.email, "alice@example.com");
 	CU_ASSERT_STRING_EQUAL(ri.id.workspace_token, "tok-1");
 	CU_ASSERT_FALSE(ri.development_fallback);
+	/* SHA-256("tok-1"), as `printf tok-1 | sha256sum` prints it. */
+	CU_ASSERT_EQUAL(memcmp(ri.id.token_fp, TOK1_SHA256, TOKEN_FP_LEN), 0);
 
 	/* The fingerprint binds the token: another token, another key. */
 	{
@@ -166,15 +138,12 @@ static void
 test_service_principal_route_ignores_headers(void)
 {
 	const char *env[] = { "HTTP_X_FORWARDED_EMAIL=alice@example.com", NULL };
-	struct fake_params fp = { env };
 	struct http_request req;
 	struct request_identity ri;
 	struct lb_error err;
 
 	memset(&req, 0, sizeof(req));
-	req.param = fake_param;
-	req.param_count = fake_count;
-	req.param_ctx = &fp;
+	req.params = (char **)env;
 	CU_ASSERT_EQUAL(identity_from_request(&test_cfg, &req, AUTH_SERVICE_PRINCIPAL, &ri, &err), 0);
 	CU_ASSERT_EQUAL(ri.id.kind, IDENTITY_SP);
 	request_identity_free(&ri);

@@ -3,9 +3,12 @@
  * file): logfmt and JSON (parsed back with yajl_tree), email masking on by
  * default and off with log_user, and the masking function's edges.
  */
+#include <regex.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <yajl/yajl_tree.h>
@@ -93,6 +96,55 @@ test_json_lines_parse(void)
 	free(line);
 }
 
+/* The line starts "ts=YYYY-MM-DDTHH:MM:SS.mmmZ level=warn pid=<pid> ". */
+static bool
+line_head_ok(const char *line, long pid)
+{
+	char expected[64];
+	regex_t re;
+	bool ok;
+
+	if (regcomp(&re, "^ts=[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{3}Z ",
+		    REG_EXTENDED | REG_NOSUB) != 0)
+		return false;
+	ok = regexec(&re, line, 0, NULL, 0) == 0;
+	regfree(&re);
+	snprintf(expected, sizeof(expected), "Z level=warn pid=%ld msg=", pid);
+	return ok && strstr(line, expected) == line + strlen("ts=2026-11-21T12:00:00.123");
+}
+
+/* The timestamp and pid are cached (per second, per process): a forked
+ * child logs its own pid, not its parent's. */
+static void
+test_timestamp_and_pid_after_fork(void)
+{
+	char *line = capture(LOG_FMT_LOGFMT, true, "x");
+	int fds[2], status;
+	char child_line[4096];
+	ssize_t n;
+	pid_t child;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(line);
+	CU_ASSERT(line_head_ok(line, (long)getpid()));
+	free(line);
+	CU_ASSERT_FATAL(pipe(fds) == 0);
+	child = fork();
+	CU_ASSERT_FATAL(child >= 0);
+	if (child == 0) {
+		char *l = capture(LOG_FMT_LOGFMT, true, "x");
+		bool ok = l != NULL && write(fds[1], l, strlen(l)) == (ssize_t)strlen(l);
+
+		_exit(ok ? 0 : 1);
+	}
+	close(fds[1]);
+	n = read(fds[0], child_line, sizeof(child_line) - 1);
+	close(fds[0]);
+	CU_ASSERT_EQUAL(waitpid(child, &status, 0), child);
+	CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	child_line[n > 0 ? n : 0] = '\0';
+	CU_ASSERT(line_head_ok(child_line, (long)child));
+}
+
 static void
 expect_redacted(const char *in, const char *out)
 {
@@ -124,4 +176,5 @@ register_log_tests(void)
 	CU_add_test(s, "log_user: emails kept", test_log_user_keeps_emails);
 	CU_add_test(s, "json: one object per line, numbers for status", test_json_lines_parse);
 	CU_add_test(s, "masking edges", test_redaction_edges);
+	CU_add_test(s, "timestamp format; a forked child logs its own pid", test_timestamp_and_pid_after_fork);
 }

@@ -44,6 +44,26 @@ test_growth_past_initial_capacity(void)
 	free(out);
 }
 
+static void
+test_append_uint_and_grow(void)
+{
+	struct strbuf sb;
+
+	strbuf_init(&sb);
+	CU_ASSERT_TRUE(strbuf_grow(&sb, 300));
+	CU_ASSERT_TRUE(sb.cap >= 301);
+	CU_ASSERT_EQUAL(sb.len, 0);
+	strbuf_append_uint(&sb, 0);
+	strbuf_append(&sb, " ", 1);
+	strbuf_append_uint(&sb, 200);
+	strbuf_append(&sb, " ", 1);
+	strbuf_append_uint(&sb, 18446744073709551615ULL);
+	CU_ASSERT_STRING_EQUAL(sb.data, "0 200 18446744073709551615");
+	CU_ASSERT_FALSE(strbuf_grow(&sb, (size_t)-1));   /* cannot: the buffer fails */
+	CU_ASSERT_TRUE(strbuf_failed(&sb));
+	strbuf_free(&sb, false);
+}
+
 void
 register_strbuf_tests(void)
 {
@@ -51,4 +71,5 @@ register_strbuf_tests(void)
 
 	CU_add_test(s, "append and format", test_append_and_format);
 	CU_add_test(s, "growth past initial capacity", test_growth_past_initial_capacity);
+	CU_add_test(s, "append_uint, grow", test_append_uint_and_grow);
 }

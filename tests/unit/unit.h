@@ -19,5 +19,6 @@ void register_process_tests(void);
 void register_shm_tests(void);
 void register_metrics_tests(void);
 void register_log_tests(void);
+void register_request_tests(void);
 
 #endif

@@ -28,6 +28,7 @@ main(void)
 	register_shm_tests();
 	register_metrics_tests();
 	register_log_tests();
+	register_request_tests();
 	CU_basic_set_mode(CU_BRM_NORMAL);
 	CU_basic_run_tests();
 	failed = CU_get_number_of_tests_failed();

@@ -1,0 +1,113 @@
+/*
+ * test_request.c - the request adapter's pure parts: header lookup over the
+ * CGI-style parameters (first value, repeat count, letter case of the HTTP
+ * name) and request ids (format, uniqueness within a thread, across
+ * threads, and in a forked child).
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "request.h"
+#include "unit.h"
+
+static void
+test_header_first_value_and_count(void)
+{
+	const char *env[] = { "HTTP_X_FORWARDED_EMAIL=a@example.com", "HTTP_X_FORWARDED_EMAILX=no",
+			      "REMOTE_ADDR=127.0.0.1", "HTTP_X_FORWARDED_EMAIL=b@example.com", NULL };
+	struct http_request req = { .params = (char **)env };
+	int count = -1;
+
+	CU_ASSERT_STRING_EQUAL(request_header(&req, "x-forwarded-email", &count), "a@example.com");
+	CU_ASSERT_EQUAL(count, 2);
+	CU_ASSERT_STRING_EQUAL(request_header(&req, "X-Forwarded-Emailx", &count), "no");
+	CU_ASSERT_EQUAL(count, 1);
+	CU_ASSERT_PTR_NULL(request_header(&req, "X-Forwarded-Access-Token", &count));
+	CU_ASSERT_EQUAL(count, 0);
+	CU_ASSERT_STRING_EQUAL(request_param(&req, "REMOTE_ADDR"), "127.0.0.1");
+	CU_ASSERT_PTR_NULL(request_param(&req, "REMOTE"));
+	req.params = NULL;
+	CU_ASSERT_PTR_NULL(request_header(&req, "X-Forwarded-Email", &count));
+	CU_ASSERT_EQUAL(count, 0);
+}
+
+static bool
+is_request_id(const char *id)
+{
+	return strlen(id) == 32 && strspn(id, "0123456789abcdef") == 32;
+}
+
+static int
+compare_ids(const void *a, const void *b)
+{
+	return strcmp(a, b);
+}
+
+#define IDS 20000
+#define ALL_IDS (3 * IDS + 2)   /* three threads, then a child's and ours after the fork */
+typedef char request_id_t[REQUEST_ID_MAX + 1];
+
+static void *
+generate_ids(void *arg)
+{
+	request_id_t *ids = arg;
+
+	for (int i = 0; i < IDS; i++)
+		request_generate_id(ids[i]);
+	return NULL;
+}
+
+static void
+test_request_ids_unique(void)
+{
+	request_id_t *ids = calloc(ALL_IDS, sizeof(request_id_t));
+	pthread_t t1, t2;
+	int fds[2], status, dup = 0, bad = 0;
+	pid_t child;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(ids);
+	generate_ids(ids);
+	CU_ASSERT_FATAL(pthread_create(&t1, NULL, generate_ids, ids + IDS) == 0);
+	CU_ASSERT_FATAL(pthread_create(&t2, NULL, generate_ids, ids + 2 * IDS) == 0);
+	pthread_join(t1, NULL);
+	pthread_join(t2, NULL);
+	/* Slot 3 * IDS: what a forked child generates first (this thread's
+	 * state is copied into it: it must draw a new prefix). */
+	CU_ASSERT_FATAL(pipe(fds) == 0);
+	child = fork();
+	CU_ASSERT_FATAL(child >= 0);
+	if (child == 0) {
+		request_id_t id;
+
+		request_generate_id(id);
+		_exit(write(fds[1], id, sizeof(id)) == (ssize_t)sizeof(id) ? 0 : 1);
+	}
+	close(fds[1]);
+	CU_ASSERT_EQUAL(read(fds[0], ids[3 * IDS], sizeof(request_id_t)), (ssize_t)sizeof(request_id_t));
+	close(fds[0]);
+	CU_ASSERT_EQUAL(waitpid(child, &status, 0), child);
+	ids[3 * IDS][REQUEST_ID_MAX] = '\0';
+	/* ...and this thread's next id is the one the child would have made. */
+	request_generate_id(ids[3 * IDS + 1]);
+	for (int i = 0; i < ALL_IDS; i++)
+		bad += !is_request_id(ids[i]);
+	CU_ASSERT_EQUAL(bad, 0);
+	qsort(ids, ALL_IDS, sizeof(request_id_t), compare_ids);
+	for (int i = 1; i < ALL_IDS; i++)
+		dup += strcmp(ids[i - 1], ids[i]) == 0;
+	CU_ASSERT_EQUAL(dup, 0);
+	free(ids);
+}
+
+void
+register_request_tests(void)
+{
+	CU_pSuite s = CU_add_suite("request", NULL, NULL);
+
+	CU_add_test(s, "headers: first value, repeat count, case of the name", test_header_first_value_and_count);
+	CU_add_test(s, "request ids: 32 hex, unique per thread, across threads, after fork",
+		    test_request_ids_unique);
+}
