@@ -40,14 +40,27 @@ struct pool_conn {
 	struct pool_conn *next;   /* while detached for closing */
 };
 
+/*
+ * A thread waiting for a connection. Waiters are served in arrival order:
+ * a released connection or a freed slot goes to the first one directly,
+ * so a thread arriving later cannot take it first (under a hot user's
+ * pool, that is what bounds the tail latency).
+ */
+struct pool_waiter {
+	pthread_cond_t wake;
+	struct pool_conn *conn;   /* handed over (counted busy) */
+	bool slot;                /* or a slot reserved for it (counted open) */
+	struct pool_waiter *next;
+};
+
 struct pool {
 	pthread_mutex_t lock;
-	pthread_cond_t changed;   /* a connection went idle or a slot was freed */
 	struct pool_conn **idle;  /* stack of settings.max; idle[nidle - 1] is the newest */
 	int nidle;
 	int open;                 /* physical connections, counting ones being opened or closed */
 	int busy;                 /* handed out, or being checked before hand-out */
 	int waiting;
+	struct pool_waiter *first_waiter, *last_waiter;  /* FIFO; empty while idle > 0 */
 	const struct lb_config *cfg; /* borrowed: outlives the pool */
 	struct pool_settings settings;
 	struct pool_source source;
@@ -327,7 +340,6 @@ pool_create(const struct lb_config *cfg, const struct pool_settings *settings,
 	    const struct pool_source *source, const char *label, struct conn_budget *budget)
 {
 	struct pool *pool;
-	pthread_condattr_t attr;
 
 	if (settings->max < 1 || source->get_credential == NULL)
 		return NULL;
@@ -343,19 +355,6 @@ pool_create(const struct lb_config *cfg, const struct pool_settings *settings,
 	pool->source = *source;
 	if (pthread_mutex_init(&pool->lock, NULL) != 0)
 		goto fail;
-	/* Waits are bounded on the monotonic clock: a wall-clock step must
-	 * neither cut nor stretch acquire_timeout_ms. */
-	if (pthread_condattr_init(&attr) != 0) {
-		pthread_mutex_destroy(&pool->lock);
-		goto fail;
-	}
-	if (pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) != 0 ||
-	    pthread_cond_init(&pool->changed, &attr) != 0) {
-		pthread_condattr_destroy(&attr);
-		pthread_mutex_destroy(&pool->lock);
-		goto fail;
-	}
-	pthread_condattr_destroy(&attr);
 	pool->budget = budget;
 	if (budget != NULL) {
 		pthread_mutex_lock(&budget->lock);
@@ -383,6 +382,49 @@ static bool
 may_open_connection(const struct pool *pool)
 {
 	return pool->open < pool->settings.max;
+}
+
+/*
+ * With the lock held: hands idle connections and free slots to the
+ * waiters, first come first served. Called wherever either appears.
+ */
+static void
+serve_waiters_locked(struct pool *pool)
+{
+	struct pool_waiter *w;
+
+	while ((w = pool->first_waiter) != NULL) {
+		if (pool->nidle > 0) {
+			w->conn = pool->idle[--pool->nidle];
+			pool->busy++;
+		} else if (may_open_connection(pool)) {
+			w->slot = true;
+			pool->open++;
+		} else {
+			return;
+		}
+		pool->first_waiter = w->next;
+		if (pool->first_waiter == NULL)
+			pool->last_waiter = NULL;
+		pthread_cond_signal(&w->wake);
+	}
+}
+
+/* With the lock held: a waiter that timed out leaves the queue. */
+static void
+unqueue_waiter_locked(struct pool *pool, struct pool_waiter *w)
+{
+	struct pool_waiter **link = &pool->first_waiter, *prev = NULL;
+
+	while (*link != NULL && *link != w) {
+		prev = *link;
+		link = &(*link)->next;
+	}
+	if (*link == NULL)
+		return;
+	*link = w->next;
+	if (pool->last_waiter == w)
+		pool->last_waiter = prev;
 }
 
 /* Closes a connection no longer counted as idle or busy; lock not held. */
@@ -511,7 +553,7 @@ budget_evict_locked(struct conn_budget *b, const struct pool *requester)
 		memmove(victim->idle, victim->idle + 1, (size_t)(victim->nidle - 1) * sizeof(*victim->idle));
 		victim->nidle--;
 		victim->open--;
-		pthread_cond_signal(&victim->changed);
+		serve_waiters_locked(victim);
 	}
 	pthread_mutex_unlock(&victim->lock);
 	if (conn == NULL)
@@ -622,10 +664,7 @@ slots_freed(struct pool *pool, int n)
 	pthread_mutex_lock(&pool->lock);
 	pool->open -= n;
 	open = pool->open;
-	if (n == 1)
-		pthread_cond_signal(&pool->changed);
-	else if (n > 1)
-		pthread_cond_broadcast(&pool->changed);
+	serve_waiters_locked(pool);
 	pthread_mutex_unlock(&pool->lock);
 	budget_give(pool->budget, n);
 	return open;
@@ -639,7 +678,7 @@ close_busy(struct pool *pool, struct pool_conn *conn, const char *reason)
 	pthread_mutex_lock(&pool->lock);
 	pool->busy--;
 	pool->open--;
-	pthread_cond_signal(&pool->changed);
+	serve_waiters_locked(pool);
 	pthread_mutex_unlock(&pool->lock);
 	budget_give(pool->budget, 1);
 }
@@ -694,19 +733,36 @@ idle_conn_problem(struct pool_conn *conn)
 
 enum take { TAKE_IDLE, TAKE_SLOT, TAKE_TIMEOUT };
 
+/* A waiter's condition variable, on the monotonic clock: a wall-clock
+ * step must neither cut nor stretch acquire_timeout_ms. */
+static int
+waiter_init(struct pool_waiter *w)
+{
+	pthread_condattr_t attr;
+	int rc;
+
+	memset(w, 0, sizeof(*w));
+	if (pthread_condattr_init(&attr) != 0)
+		return -1;
+	rc = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) == 0 && pthread_cond_init(&w->wake, &attr) == 0;
+	pthread_condattr_destroy(&attr);
+	return rc ? 0 : -1;
+}
+
 /*
  * With the lock held: pops the newest idle connection (counted busy), or
- * reserves a slot for a new one (counted open), waiting until `deadline`.
- * Conditions are re-checked after every wake-up, a timed-out one included,
- * so a signal consumed together with a timeout is not lost.
+ * reserves a slot for a new one (counted open), or queues behind the
+ * threads already waiting until one of those is handed over or `deadline`
+ * passes. A hand-over that races with the timeout still counts: whether
+ * one arrived is read under the lock.
  */
 static enum take
 take_locked(struct pool *pool, const struct timespec *deadline, struct pool_conn **conn)
 {
-	bool timed_out = false;
-	int rc;
+	struct pool_waiter w;
+	int rc = 0;
 
-	for (;;) {
+	if (pool->first_waiter == NULL) {
 		if (pool->nidle > 0) {
 			*conn = pool->idle[--pool->nidle];
 			pool->busy++;
@@ -716,13 +772,26 @@ take_locked(struct pool *pool, const struct timespec *deadline, struct pool_conn
 			pool->open++;
 			return TAKE_SLOT;
 		}
-		if (timed_out)
-			return TAKE_TIMEOUT;
-		pool->waiting++;
-		rc = pthread_cond_timedwait(&pool->changed, &pool->lock, deadline);
-		pool->waiting--;
-		timed_out = rc != 0;
 	}
+	if (waiter_init(&w) != 0)
+		return TAKE_TIMEOUT;
+	if (pool->last_waiter != NULL)
+		pool->last_waiter->next = &w;
+	else
+		pool->first_waiter = &w;
+	pool->last_waiter = &w;
+	pool->waiting++;
+	while (w.conn == NULL && !w.slot && rc == 0)
+		rc = pthread_cond_timedwait(&w.wake, &pool->lock, deadline);
+	pool->waiting--;
+	if (w.conn == NULL && !w.slot)
+		unqueue_waiter_locked(pool, &w);
+	pthread_cond_destroy(&w.wake);
+	if (w.conn != NULL) {
+		*conn = w.conn;
+		return TAKE_IDLE;
+	}
+	return w.slot ? TAKE_SLOT : TAKE_TIMEOUT;
 }
 
 /* Opens a connection into a reserved slot (and budget unit). */
@@ -776,7 +845,7 @@ slot_unreserved(struct pool *pool)
 {
 	pthread_mutex_lock(&pool->lock);
 	pool->open--;
-	pthread_cond_signal(&pool->changed);
+	serve_waiters_locked(pool);
 	pthread_mutex_unlock(&pool->lock);
 }
 
@@ -858,6 +927,7 @@ void
 pool_release(struct pool *pool, struct pool_conn *conn, bool broken)
 {
 	const char *problem;
+	bool handed_over;
 
 	if (conn == NULL)
 		return;
@@ -873,9 +943,11 @@ pool_release(struct pool *pool, struct pool_conn *conn, bool broken)
 	assert(pool->nidle < pool->settings.max);
 	pool->idle[pool->nidle++] = conn;
 	pool->busy--;
-	pthread_cond_signal(&pool->changed);
+	serve_waiters_locked(pool);
+	handed_over = pool->nidle == 0;
 	pthread_mutex_unlock(&pool->lock);
-	budget_notify(pool->budget);
+	if (!handed_over)
+		budget_notify(pool->budget);
 }
 
 PGconn *
@@ -984,7 +1056,6 @@ pool_destroy(struct pool *pool)
 	budget_unregister(pool);
 	pool_close_idle(pool);
 	assert(pool->busy == 0 && pool->open == 0 && pool->waiting == 0);
-	pthread_cond_destroy(&pool->changed);
 	pthread_mutex_destroy(&pool->lock);
 	free(pool->idle);
 	free(pool->label);

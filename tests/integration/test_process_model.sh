@@ -501,7 +501,7 @@ test_systemd_sandbox() {
 	_PM_STACK_CHANGED=1
 	rm -f "$STACK_FCGI_SOCK" "$PM_CACHE_FILE" "$trace" "$pidfile"
 	start=$(log_mark "$STACK_WORKER_LOG")
-	sup_launch_cmd strace -f -qq -o "$trace" "$PM_BIN" -c "$CFG" --listen "unix:$STACK_FCGI_SOCK" \
+	sup_launch_cmd strace -f -q -o "$trace" "$PM_BIN" -c "$CFG" --listen "unix:$STACK_FCGI_SOCK" \
 		--socket-mode 0666 --workers 2 --threads 2 --pidfile "$pidfile" || return 1
 	stack_wait_healthy 30 || return 1
 	pid=$(read_pid "$pidfile")
