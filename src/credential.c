@@ -743,6 +743,23 @@ credcache_acquire(struct credcache *cc, const struct identity *id, struct creden
 	return rc;
 }
 
+int
+credcache_peek(struct credcache *cc, const struct identity *id, struct credential *out)
+{
+	struct lb_error err;
+	int index, rc = -1;
+
+	memset(out, 0, sizeof(*out));
+	if (id->kind == IDENTITY_USER && id->email == NULL)
+		return -1;
+	shm_lock(cc->shm);
+	index = id->kind == IDENTITY_USER ? shm_find(cc->shm, id->email, id->token_fp) : SHM_SLOT_SP;
+	if (index >= 0 && is_valid(shm_slot(cc->shm, (uint32_t)index), time(NULL)))
+		rc = copy_out(cc, (uint32_t)index, out, &err);
+	shm_unlock(cc->shm);
+	return rc;
+}
+
 void
 credcache_invalidate(struct credcache *cc, const struct identity *id, const char *stale_token)
 {

@@ -64,6 +64,14 @@ int credcache_acquire(struct credcache *cc, const struct identity *id, struct cr
 		      struct lb_error *err);
 
 /*
+ * The identity's cached credential when one is valid now: 0, or -1 when
+ * there is none (or no memory). Never mints, waits or marks the identity
+ * used: for replacing connections in the background (a user's token is
+ * not kept, so only a credential a request already minted can be used).
+ */
+int credcache_peek(struct credcache *cc, const struct identity *id, struct credential *out);
+
+/*
  * The login with `stale_token` failed authentication: drop it so the next
  * acquire mints anew (unless another thread already replaced it).
  */

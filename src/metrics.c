@@ -32,7 +32,7 @@ static const char *const bucket_le[SHM_METRIC_BUCKETS] = {
 };
 
 static const char *const close_reasons[SHM_METRIC_CLOSE] = {
-	"idle", "evicted", "expired_credential", "broken", "shutdown", "other"
+	"idle", "evicted", "expired_credential", "renewed", "broken", "shutdown", "other"
 };
 
 static struct shm_metrics *

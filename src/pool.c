@@ -32,6 +32,9 @@
 struct pool_conn {
 	PGconn *pg;
 	time_t cred_expires_at;   /* wall clock: expiry of the credential it logged in with */
+	time_t renew_at;          /* from then on, replaced when a newer credential exists */
+	bool renewal_asked;       /* a request past renew_at asked its source (see below) */
+	bool newer_credential;    /* ...and a newer credential exists: replace this one */
 	int64_t last_used_ms;     /* monotonic */
 	bool fresh;
 	bool server_error;        /* the server sent an error outside a query */
@@ -670,17 +673,24 @@ slots_freed(struct pool *pool, int n)
 	return open;
 }
 
-/* Closes a connection that was counted busy. */
+/* A connection counted busy is gone (closed, or never reopened). */
 static void
-close_busy(struct pool *pool, struct pool_conn *conn, const char *reason)
+busy_slot_freed(struct pool *pool)
 {
-	close_conn(pool, conn, reason);
 	pthread_mutex_lock(&pool->lock);
 	pool->busy--;
 	pool->open--;
 	serve_waiters_locked(pool);
 	pthread_mutex_unlock(&pool->lock);
 	budget_give(pool->budget, 1);
+}
+
+/* Closes a connection that was counted busy. */
+static void
+close_busy(struct pool *pool, struct pool_conn *conn, const char *reason)
+{
+	close_conn(pool, conn, reason);
+	busy_slot_freed(pool);
 }
 
 /* Closes a list of detached connections, each with its reason. */
@@ -794,6 +804,32 @@ take_locked(struct pool *pool, const struct timespec *deadline, struct pool_conn
 	return w.slot ? TAKE_SLOT : TAKE_TIMEOUT;
 }
 
+/*
+ * When a connection is replaced by one with a newer credential: the
+ * credential cache's refresh margin before the expiry, or half its
+ * remaining life when that is shorter (as credential.c refreshes).
+ */
+static time_t
+renew_time(const struct pool *pool, time_t expires_at)
+{
+	time_t margin = pool->cfg->refresh_margin_ms / 1000, half = (expires_at - time(NULL)) / 2;
+
+	return expires_at - (margin < half ? margin : half);
+}
+
+/* A connection's state after a login with a credential expiring then. */
+static void
+conn_logged_in(const struct pool *pool, struct pool_conn *conn, PGconn *pg, time_t expires_at)
+{
+	conn->pg = pg;
+	conn->cred_expires_at = expires_at;
+	conn->renew_at = renew_time(pool, expires_at);
+	conn->renewal_asked = conn->newer_credential = false;
+	conn->server_error = false;
+	conn->statement_timeout_ms = -1;
+	PQsetNoticeReceiver(pg, notice_receiver, conn);
+}
+
 /* Opens a connection into a reserved slot (and budget unit). */
 static int
 open_into_slot(struct pool *pool, const struct pool_source *source, struct pool_conn **out,
@@ -818,11 +854,8 @@ open_into_slot(struct pool *pool, const struct pool_source *source, struct pool_
 			source->auth_failed(source->ctx, &cred);
 		goto fail;
 	}
-	conn->pg = pg;
-	conn->cred_expires_at = cred.expires_at;
+	conn_logged_in(pool, conn, pg, cred.expires_at);
 	conn->fresh = true;
-	conn->statement_timeout_ms = -1;
-	PQsetNoticeReceiver(pg, notice_receiver, conn);
 	credential_clear(&cred);
 	log_debug("pool connection opened", "pool", pool->label);
 	metrics_conn_opened();
@@ -859,6 +892,28 @@ acquire_timed_out(struct pool *pool, bool host_full, struct lb_error *err)
 	mark_transient(err, NULL);
 	metrics_acquire_timeout();
 	return -1;
+}
+
+/*
+ * A connection past renew_at, taken by a request: the request has what it
+ * takes to mint (a user's token is never kept), so it asks its source once,
+ * which refreshes the identity's credential if that is due (one mint per
+ * identity, single-flight across processes). The connection is then
+ * replaced off the request path (pool_renew), or, on a busy pool, closed
+ * when it is returned so that a waiter logs in with the new credential.
+ */
+static void
+ask_renewal(struct pool_conn *conn, const struct pool_source *source)
+{
+	struct credential cred;
+	struct lb_error err;
+
+	memset(&cred, 0, sizeof(cred));
+	lb_error_clear(&err);
+	conn->renewal_asked = true;
+	if (source->get_credential(source->ctx, &cred, &err) == 0 && cred.expires_at > conn->cred_expires_at)
+		conn->newer_credential = true;
+	credential_clear(&cred);
 }
 
 int
@@ -904,11 +959,24 @@ pool_acquire_as(struct pool *pool, const struct pool_source *source, struct pool
 		problem = idle_conn_problem(conn);
 		if (problem == NULL) {
 			conn->fresh = false;
+			if (!conn->renewal_asked && time(NULL) >= conn->renew_at)
+				ask_renewal(conn, source);
 			*out = conn;
 			return 0;
 		}
 		close_busy(pool, conn, problem);
 	}
+}
+
+static bool
+pool_has_waiters(struct pool *pool)
+{
+	bool waiters;
+
+	pthread_mutex_lock(&pool->lock);
+	waiters = pool->first_waiter != NULL;
+	pthread_mutex_unlock(&pool->lock);
+	return waiters;
 }
 
 /* Why a returned connection must be closed rather than kept, or NULL. */
@@ -934,6 +1002,8 @@ pool_release(struct pool *pool, struct pool_conn *conn, bool broken)
 	problem = release_problem(conn, broken);
 	if (problem == NULL && pool->retired)
 		problem = "evicted";
+	if (problem == NULL && conn->newer_credential && pool_has_waiters(pool))
+		problem = "renewed";   /* busy: never idle for pool_renew; a waiter logs in anew */
 	if (problem != NULL) {
 		close_busy(pool, conn, problem);
 		return;
@@ -1021,6 +1091,97 @@ pool_reap(struct pool *pool)
 	list = detach_idle_locked(pool, false);
 	pthread_mutex_unlock(&pool->lock);
 	return close_detached(pool, list);
+}
+
+/*
+ * With the lock held: detaches the idle connection due for renewal whose
+ * credential expires first (counted busy), or returns NULL.
+ */
+static struct pool_conn *
+take_renewable_locked(struct pool *pool, time_t now)
+{
+	struct pool_conn *conn;
+	int best = -1;
+
+	for (int i = 0; i < pool->nidle; i++) {
+		conn = pool->idle[i];
+		if (now >= conn->renew_at && now < conn->cred_expires_at &&
+		    (best < 0 || conn->cred_expires_at < pool->idle[best]->cred_expires_at))
+			best = i;
+	}
+	if (best < 0)
+		return NULL;
+	conn = pool->idle[best];
+	memmove(pool->idle + best, pool->idle + best + 1, (size_t)(pool->nidle - best - 1) * sizeof(*pool->idle));
+	pool->nidle--;
+	pool->busy++;
+	return conn;
+}
+
+/* Puts a connection back idle in its place by last use (idle[0] is the
+ * least recently used), as if the maintenance never took it. */
+static void
+put_back_idle(struct pool *pool, struct pool_conn *conn)
+{
+	int i;
+
+	pthread_mutex_lock(&pool->lock);
+	for (i = pool->nidle; i > 0 && pool->idle[i - 1]->last_used_ms > conn->last_used_ms; i--)
+		pool->idle[i] = pool->idle[i - 1];
+	pool->idle[i] = conn;
+	pool->nidle++;
+	pool->busy--;
+	serve_waiters_locked(pool);
+	pthread_mutex_unlock(&pool->lock);
+}
+
+int
+pool_renew(struct pool *pool, const struct pool_source *source)
+{
+	struct credential cred;
+	struct lb_error err;
+	struct pool_conn *conn;
+	time_t expires_at;
+	int renewed = 0;
+	PGconn *pg;
+
+	if (source == NULL)
+		source = &pool->source;
+	for (;;) {
+		pthread_mutex_lock(&pool->lock);
+		conn = pool->retired ? NULL : take_renewable_locked(pool, time(NULL));
+		pthread_mutex_unlock(&pool->lock);
+		if (conn == NULL)
+			break;
+		lb_error_clear(&err);
+		memset(&cred, 0, sizeof(cred));
+		if (source->get_credential(source->ctx, &cred, &err) != 0 ||
+		    cred.expires_at <= conn->cred_expires_at) {
+			/* Nothing newer yet (a user's is minted by a request): later. */
+			credential_clear(&cred);
+			put_back_idle(pool, conn);
+			break;
+		}
+		/* Close first, then log in into the same slot: the budget is
+		 * never exceeded, not even for the length of a login. */
+		PQfinish(conn->pg);
+		metrics_conn_closed("renewed");
+		expires_at = cred.expires_at;
+		pg = pool_connect(pool->cfg, pool->settings.connect_timeout_ms, &cred, &err);
+		credential_clear(&cred);
+		if (pg == NULL) {
+			log_info("pool connection renewal failed: closed", "pool", pool->label, "detail", err.detail);
+			free(conn);
+			busy_slot_freed(pool);
+			break;
+		}
+		conn_logged_in(pool, conn, pg, expires_at);
+		metrics_conn_opened();
+		log_debug("pool connection renewed", "pool", pool->label);
+		put_back_idle(pool, conn);
+		renewed++;
+	}
+	return renewed;
 }
 
 void

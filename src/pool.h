@@ -92,6 +92,15 @@ int pool_acquire(struct pool *pool, struct pool_conn **out, struct lb_error *err
  * (per request: a user's pool logs in with the requesting token's credential). */
 int pool_acquire_as(struct pool *pool, const struct pool_source *source, struct pool_conn **out,
 		    struct lb_error *err);
+/*
+ * Replaces idle connections due for renewal (their credential expires
+ * within the refresh margin) by new logins with `source`'s credential, one
+ * at a time, when that credential is newer; stops at the first that is
+ * not. Called by the maintenance thread, so that logins happen off the
+ * request path and a pool's connections do not all expire together.
+ * source NULL: the pool's own. Returns how many were replaced.
+ */
+int pool_renew(struct pool *pool, const struct pool_source *source);
 /* Returns a connection; broken=true closes it instead of keeping it idle. */
 void pool_release(struct pool *pool, struct pool_conn *conn, bool broken);
 

@@ -42,7 +42,7 @@
 #include "error.h"
 
 #define SHM_MAGIC		"LBFCGIC\x01"	/* 8 bytes, no NUL needed */
-#define SHM_LAYOUT_VERSION	2	/* 2: the metrics area */
+#define SHM_LAYOUT_VERSION	3	/* 2: the metrics area; 3: close reason "renewed" */
 #define SHM_EMAIL_MAX		63	/* a Postgres role name: NAMEDATALEN - 1 */
 #define SHM_ROLE_MAX		63
 #define SHM_FP_LEN		32	/* SHA-256 of the workspace token */
@@ -122,7 +122,7 @@ struct shm_proc {
 #define SHM_METRIC_CLASSES	5	/* status class 1xx..5xx */
 #define SHM_METRIC_BUCKETS	12	/* histogram buckets, the last is +Inf */
 #define SHM_METRIC_SQLSTATE	(36 * 36)	/* SQLSTATE classes [0-9A-Z]{2} */
-#define SHM_METRIC_CLOSE	6	/* close reasons, the last is "other" */
+#define SHM_METRIC_CLOSE	7	/* close reasons, the last is "other" */
 
 struct shm_histogram {
 	uint64_t buckets[SHM_METRIC_BUCKETS];	/* not cumulative */

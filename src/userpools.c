@@ -9,6 +9,7 @@
  */
 #include <assert.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,6 +67,40 @@ user_credential(void *ctx, struct credential *out, struct lb_error *err)
 	struct user_source *src = ctx;
 
 	return credcache_acquire(src->creds, src->id, out, err);
+}
+
+/* A pool's own identity, for renewals: the credential a request minted. */
+struct renew_source {
+	struct credcache *creds;
+	struct identity id;
+};
+
+static int
+cached_user_credential(void *ctx, struct credential *out, struct lb_error *err)
+{
+	struct renew_source *src = ctx;
+
+	(void)err;
+	return credcache_peek(src->creds, &src->id, out);
+}
+
+/* Renews a proven entry's connections (pinned, lock not held). */
+static void
+renew_entry(struct userpools *up, struct user_entry *e)
+{
+	struct renew_source src = { .creds = up->creds };
+	struct pool_source source = { cached_user_credential, NULL, &src };
+	bool proven;
+
+	pthread_mutex_lock(&up->lock);
+	proven = e->proven;
+	pthread_mutex_unlock(&up->lock);
+	if (!proven)
+		return;
+	src.id.kind = IDENTITY_USER;
+	src.id.email = e->email;
+	memcpy(src.id.token_fp, e->fp, TOKEN_FP_LEN);
+	pool_renew(e->pool, &source);
 }
 
 static void
@@ -413,8 +448,10 @@ userpools_reap(struct userpools *up)
 		pinned[n++] = e;
 	}
 	pthread_mutex_unlock(&up->lock);
-	for (int i = 0; i < n; i++)
+	for (int i = 0; i < n; i++) {
 		pool_reap(pinned[i]->pool);
+		renew_entry(up, pinned[i]);
+	}
 	unpin_all(up, pinned, n);
 	free(pinned);
 

@@ -122,7 +122,7 @@ publish_gauges(struct worker *w)
 	metrics_publish(&g);
 }
 
-/* ---- maintenance: idle reaping off the request path ---- */
+/* ---- maintenance: idle reaping and connection renewal off the request path ---- */
 
 static void *
 maintenance_main(void *arg)
@@ -139,6 +139,7 @@ maintenance_main(void *arg)
 			break;
 		pthread_mutex_unlock(&w->lock);
 		pool_reap(w->sp_pool);
+		pool_renew(w->sp_pool, NULL);
 		userpools_reap(w->users);
 		publish_gauges(w);
 		pthread_mutex_lock(&w->lock);

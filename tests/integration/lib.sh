@@ -135,14 +135,24 @@ _assert_result() {
 	return "$ok"
 }
 
+# A typo'd or missing helper must fail the test it is in, not pass
+# unnoticed. bash runs this handler in a subshell: it leaves a mark.
+command_not_found_handle() {
+	printf '       %s: command not found\n' "$1" >&2
+	: >"$IT_TMP/command-not-found"
+	return 127
+}
+
 # run_test NAME FUNCTION [ARGS...]: one test; it fails when any assertion
-# in it fails or FUNCTION returns non-zero.
+# in it fails, a command in it is not found, or FUNCTION returns non-zero.
 run_test() {
 	local name=$1 rc=0
 	shift
 	_IT_IN_TEST=1
 	_IT_TEST_FAILED=
+	rm -f "$IT_TMP/command-not-found"
 	"$@" || rc=$?
+	[[ -e $IT_TMP/command-not-found ]] && _IT_TEST_FAILED=1
 	_IT_IN_TEST=
 	if [[ -z $_IT_TEST_FAILED && $rc == 0 ]]; then
 		pass "$name"
@@ -187,6 +197,22 @@ expect_eq() {
 		_assert_result 0 "$3"
 	else
 		_assert_result 1 "$3" "expected [$2], got [$1]"
+	fi
+}
+
+# expect_ge ACTUAL MIN LABEL / expect_le ACTUAL MAX LABEL (integers)
+expect_ge() {
+	if [[ $1 =~ ^-?[0-9]+$ ]] && (($1 >= $2)); then
+		_assert_result 0 "$3"
+	else
+		_assert_result 1 "$3" "expected >= $2, got [$1]"
+	fi
+}
+expect_le() {
+	if [[ $1 =~ ^-?[0-9]+$ ]] && (($1 <= $2)); then
+		_assert_result 0 "$3"
+	else
+		_assert_result 1 "$3" "expected <= $2, got [$1]"
 	fi
 }
 

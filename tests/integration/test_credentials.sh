@@ -3,7 +3,8 @@
 # the real emulator: a short-lived credential replaced without a failed
 # request, transient mint failures retried, a permanent one failing fast
 # (once), the workspace API down and back, and credentials or tokens that
-# the database or the workspace stopped accepting.
+# the database or the workspace stopped accepting; a user's connections
+# renewed before their credential expires.
 #
 # Needs the stack (scripts/stack.sh start). Restarts the emulator and the
 # worker; puts both back as scripts/stack.sh started them at the end.
@@ -73,6 +74,48 @@ test_expiring_credential_is_replaced_without_a_failed_request() {
 	(( mints1 - mints0 >= 2 ))
 	expect_eq "$?" 0 "at least 2 mints for $SP_ROLE in 3 lifetimes (got $((mints1 - mints0)))"
 	expect_eq "$(emu_counter .mint_failures)" 0 "no failed mint"
+	emulator_with "$STACK_EMU_CONFIG"
+}
+
+# A user's connection is replaced before its credential expires: the first
+# request past the renewal point (3 s before expiry here) mints once, the
+# worker's maintenance thread logs in again with the new credential, and
+# no connection ever reaches its expiry. Credentials live 8 s; one user
+# request every 0.2 s for 20 s.
+closed_total() {
+	curl -s --max-time 5 "$LAKEBASE_URL/metrics" |
+		awk -v r="$1" '$1 == "lakebase_connections_closed_total{reason=\"" r "\"}" { print $2; found = 1 }
+			END { if (!found) print 0 }'
+}
+
+test_user_connections_renewed_before_expiry() {
+	local lifetime=8 emu_cfg=$STACK_DIR/it-emulator-short-lifetime-8.json
+	local cfg=$STACK_DIR/it-credentials-renew.json alice=alice@example.com
+	local deadline requests=0 failed=0 statuses='' out renewed expired mints
+	emulator_config "$emu_cfg" "$lifetime" || return
+	worker_config_derive "$cfg" '.credentials.refresh_margin_ms = 3000' || return
+	emulator_with "$emu_cfg" || return
+	worker_restart "$cfg" || return
+	deadline=$(awk -v n="$(now_s)" 'BEGIN { printf "%.3f", n + 20 }')
+	while awk -v n="$(now_s)" -v d="$deadline" 'BEGIN { exit !(n < d) }'; do
+		out=$(curl -s -w ' %{http_code}' --max-time 10 -H "X-Forwarded-Email: $alice" \
+			-H 'X-Forwarded-Access-Token: alice-token-1' "$LAKEBASE_URL/api/my/todos")
+		requests=$((requests + 1))
+		if [[ $out != *'"owner":"alice@example.com"}] 200' ]]; then
+			failed=$((failed + 1))
+			statuses+=" #$requests:${out##* }"
+		fi
+		sleep 0.2   # pacing, not synchronisation
+	done
+	renewed=$(closed_total renewed)
+	expired=$(closed_total expired_credential)
+	mints=$(emu_mints "$alice")
+	printf '       %d requests in 20 s; %s mints for alice; connections renewed %s, expired %s\n' \
+		"$requests" "$mints" "$renewed" "$expired"
+	expect_eq "$failed" 0 "every request 200 with alice's rows (failures:${statuses:- none})"
+	expect_ge "$mints" 3 "alice's credential refreshed at least twice (3 mints)"
+	expect_ge "$renewed" 2 "connections replaced before expiry at least twice"
+	expect_eq "$expired" 0 "no connection reached its credential's expiry"
 	emulator_with "$STACK_EMU_CONFIG"
 }
 
@@ -227,6 +270,8 @@ test_rejected_m2m_token_is_replaced_without_a_failed_request() {
 
 run_test "a 6 s credential is replaced (>= 2 mints) with no failed request in 18 s" \
 	test_expiring_credential_is_replaced_without_a_failed_request
+run_test "a user's connections are renewed before their 8 s credential expires: none expires, none fails" \
+	test_user_connections_renewed_before_expiry
 run_test "two 503s on the mint are retried: one request, 200" test_two_503_then_success_is_one_200
 run_test "a 429 and a dropped connection on the mint are retried: 200" test_429_and_a_dropped_connection_are_retried
 run_test "a 403 on the mint fails fast with a 5xx JSON error after one call" \

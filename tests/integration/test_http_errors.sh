@@ -62,6 +62,7 @@ test_body_over_1mib_is_413_json_from_nginx() {
 	http POST /api/todos "${JSON[@]}" -H 'X-Request-Id: it-413-nginx' --data-binary "@$(body_of_size 1048577)"
 	expect_error 413 payload_too_large || return
 	expect_body_json .error.request_id '"it-413-nginx"'
+	expect_header X-Request-Id it-413-nginx
 }
 
 # A body of exactly the limit gets through to the worker, which then judges

@@ -260,6 +260,8 @@ test_request_id_generated_when_missing_or_not_sane() {
 	first=$(header_value X-Request-Id)
 	expect_match "$first" '^[0-9a-f]{32}$' "generated id is 32 hex"
 	expect_body_json .error.request_id "\"$first\""
+	wait_for "grep -qF 'request_id=$first ' '$STACK_WORKER_LOG'" 5
+	expect_eq "$?" 0 "the worker logged the request under the same id"
 	http GET "/api/todos/$UNKNOWN_ID"
 	rid=$(header_value X-Request-Id)
 	expect_match "$rid" '^[0-9a-f]{32}$' "second generated id is 32 hex"

@@ -100,22 +100,6 @@ expect_no_rows_of() {
 	fi
 }
 
-# expect_ge ACTUAL MIN LABEL / expect_le ACTUAL MAX LABEL (integers)
-expect_ge() {
-	if [[ $1 =~ ^-?[0-9]+$ ]] && (($1 >= $2)); then
-		_assert_result 0 "$3"
-	else
-		_assert_result 1 "$3" "expected >= $2, got [$1]"
-	fi
-}
-expect_le() {
-	if [[ $1 =~ ^-?[0-9]+$ ]] && (($1 <= $2)); then
-		_assert_result 0 "$3"
-	else
-		_assert_result 1 "$3" "expected <= $2, got [$1]"
-	fi
-}
-
 # --- logs ------------------------------------------------------------------------------
 
 # log_mark FILE: its current size, for log_since.
