@@ -103,25 +103,50 @@ struct refresh_report {
 
 /*
  * SHA-256 of a workspace token, once per request. OpenSSL 3's one-shot
- * SHA256() looks the digest up (a global lock and a hash lookup) on every
- * call; it is fetched once instead.
+ * SHA256() looks the digest up (a global lock and a hash lookup) and
+ * allocates a context on every call: the digest is fetched once, and each
+ * thread keeps its context (freed when the thread ends).
  */
 static EVP_MD *sha256_md;
+static pthread_key_t sha256_ctx_key;
+static bool sha256_ready;
 static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void
+free_sha256_ctx(void *ctx)
+{
+	EVP_MD_CTX_free(ctx);
+}
 
 static void
 fetch_sha256(void)
 {
 	sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+	sha256_ready = sha256_md != NULL && pthread_key_create(&sha256_ctx_key, free_sha256_ctx) == 0;
+}
+
+static EVP_MD_CTX *
+thread_sha256_ctx(void)
+{
+	EVP_MD_CTX *ctx = pthread_getspecific(sha256_ctx_key);
+
+	if (ctx == NULL && (ctx = EVP_MD_CTX_new()) != NULL && pthread_setspecific(sha256_ctx_key, ctx) != 0) {
+		EVP_MD_CTX_free(ctx);
+		ctx = NULL;
+	}
+	return ctx;
 }
 
 static void
 token_fingerprint(const char *token, unsigned char fp[TOKEN_FP_LEN])
 {
 	size_t len = strlen(token);
+	EVP_MD_CTX *ctx;
 
 	pthread_once(&sha256_once, fetch_sha256);
-	if (sha256_md == NULL || EVP_Digest(token, len, fp, NULL, sha256_md, NULL) != 1)
+	ctx = sha256_ready ? thread_sha256_ctx() : NULL;
+	if (ctx == NULL || EVP_DigestInit_ex2(ctx, sha256_md, NULL) != 1 || EVP_DigestUpdate(ctx, token, len) != 1 ||
+	    EVP_DigestFinal_ex(ctx, fp, NULL) != 1)
 		SHA256((const unsigned char *)token, len, fp);
 }
 

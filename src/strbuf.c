@@ -10,6 +10,7 @@
 #include <openssl/crypto.h>
 
 #include "strbuf.h"
+#include "textfmt.h"
 
 void
 strbuf_init(struct strbuf *sb)
@@ -49,7 +50,7 @@ strbuf_grow(struct strbuf *sb, size_t extra)
 }
 
 void
-strbuf_append(struct strbuf *sb, const void *data, size_t len)
+strbuf_append_slow(struct strbuf *sb, const void *data, size_t len)
 {
 	if (!strbuf_grow(sb, len))
 		return;
@@ -89,14 +90,9 @@ strbuf_appendf(struct strbuf *sb, const char *fmt, ...)
 void
 strbuf_append_uint(struct strbuf *sb, unsigned long long v)
 {
-	char digits[24];
-	size_t i = sizeof(digits);
+	char digits[TEXT_UINT_MAX];
 
-	do {
-		digits[--i] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v > 0);
-	strbuf_append(sb, digits + i, sizeof(digits) - i);
+	strbuf_append(sb, digits, text_uint(digits, v));
 }
 
 bool

@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <string.h>
 
 struct strbuf {
 	char *data;     /* always NUL-terminated when len > 0 or after init */
@@ -21,7 +22,20 @@ void strbuf_init(struct strbuf *sb);
 /* Makes room for `extra` more bytes (plus the NUL) at once; false when
  * the buffer has failed. Appends grow it anyway: this only saves reallocs. */
 bool strbuf_grow(struct strbuf *sb, size_t extra);
-void strbuf_append(struct strbuf *sb, const void *data, size_t len);
+void strbuf_append_slow(struct strbuf *sb, const void *data, size_t len);
+/* Appends len bytes. Inline: the hot paths append a few bytes at a time
+ * into room reserved beforehand; anything else goes the checked way. */
+static inline void
+strbuf_append(struct strbuf *sb, const void *data, size_t len)
+{
+	if (sb->data != NULL && !sb->failed && len < sb->cap - sb->len) {
+		memcpy(sb->data + sb->len, data, len);
+		sb->len += len;
+		sb->data[sb->len] = '\0';
+		return;
+	}
+	strbuf_append_slow(sb, data, len);
+}
 void strbuf_append_str(struct strbuf *sb, const char *s);
 /* Decimal digits of v: what the hot paths use instead of a printf. */
 void strbuf_append_uint(struct strbuf *sb, unsigned long long v);

@@ -208,3 +208,19 @@ url_decode(const char *src, size_t len, int plus_is_space)
 	}
 	return dst;
 }
+
+size_t
+text_uint(char *buf, unsigned long long v)
+{
+	char digits[TEXT_UINT_MAX];
+	size_t i = sizeof(digits), n;
+
+	do {
+		digits[--i] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v > 0);
+	n = sizeof(digits) - i;
+	memcpy(buf, digits + i, n);
+	buf[n] = '\0';
+	return n;
+}

@@ -35,4 +35,9 @@ long url_decode_into(char *dst, const char *src, size_t len, int plus_is_space);
 /* The same into a new string; NULL on a malformed input or no memory. */
 char *url_decode(const char *src, size_t len, int plus_is_space);
 
+/* Writes v's decimal digits and a NUL into buf (TEXT_UINT_MAX bytes at
+ * least); returns the number of digits. No printf on the hot paths. */
+#define TEXT_UINT_MAX 21
+size_t text_uint(char *buf, unsigned long long v);
+
 #endif

@@ -24,6 +24,7 @@
 #include "pool.h"
 #include "responder.h"
 #include "router.h"
+#include "textfmt.h"
 #include "userpools.h"
 #include "worker.h"
 #include "workspace.h"
@@ -287,12 +288,13 @@ respond_error(struct request_ctx *rc)
 static void
 log_request(struct request_ctx *rc)
 {
-	char status[8], duration[24];
+	char status[TEXT_UINT_MAX], duration[TEXT_UINT_MAX];
 	bool failed = rc->resp->status >= 400;
+	long long elapsed_ms = monotonic_ms() - rc->started_ms;
 
-	snprintf(status, sizeof(status), "%d", rc->resp->status);
-	snprintf(duration, sizeof(duration), "%lld", monotonic_ms() - rc->started_ms);
-	metrics_request(rc->w->cfg, rc->route, rc->resp->status, (monotonic_ms() - rc->started_ms) * 1000);
+	text_uint(status, (unsigned)rc->resp->status);
+	text_uint(duration, (unsigned long long)(elapsed_ms > 0 ? elapsed_ms : 0));
+	metrics_request(rc->w->cfg, rc->route, rc->resp->status, elapsed_ms * 1000);
 	if (failed && rc->err.sqlstate[0])
 		metrics_pool_error(rc->err.sqlstate);
 	if (!rc->w->cfg->access_log && rc->resp->status < 500)
