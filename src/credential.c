@@ -488,12 +488,21 @@ log_report(const struct refresh_report *report)
 static int acquire_locked(struct credcache *cc, struct target *t, struct credential *out,
 			  struct lb_error *err, struct refresh_report *report);
 
+/*
+ * When a credential is due: refresh_margin before it expires (at most half
+ * its lifetime), less up to a quarter of that at random, so that
+ * identities minted together (a fleet starting, a burst of new users) do
+ * not all refresh, and mint, in the same second.
+ */
 static time_t
 refresh_time(const struct credcache *cc, time_t minted_at, time_t expires_at)
 {
 	time_t half_life = (expires_at - minted_at) / 2;
 	time_t margin = (time_t)cc->margin_s < half_life ? (time_t)cc->margin_s : half_life;
+	unsigned int r = 0;
 
+	if (margin >= 4 && RAND_bytes((unsigned char *)&r, (int)sizeof(r)) == 1)
+		margin -= (time_t)(r % (unsigned int)(margin / 4 + 1));
 	return expires_at - margin;
 }
 

@@ -33,8 +33,7 @@ struct pool_conn {
 	PGconn *pg;
 	time_t cred_expires_at;   /* wall clock: expiry of the credential it logged in with */
 	time_t renew_at;          /* from then on, replaced when a newer credential exists */
-	bool renewal_asked;       /* a request past renew_at asked its source (see below) */
-	bool newer_credential;    /* ...and a newer credential exists: replace this one */
+	bool newer_credential;    /* a request past renew_at found one (ask_renewal): replace this */
 	int64_t last_used_ms;     /* monotonic */
 	bool fresh;
 	bool server_error;        /* the server sent an error outside a query */
@@ -824,7 +823,7 @@ conn_logged_in(const struct pool *pool, struct pool_conn *conn, PGconn *pg, time
 	conn->pg = pg;
 	conn->cred_expires_at = expires_at;
 	conn->renew_at = renew_time(pool, expires_at);
-	conn->renewal_asked = conn->newer_credential = false;
+	conn->newer_credential = false;
 	conn->server_error = false;
 	conn->statement_timeout_ms = -1;
 	PQsetNoticeReceiver(pg, notice_receiver, conn);
@@ -910,9 +909,13 @@ ask_renewal(struct pool_conn *conn, const struct pool_source *source)
 
 	memset(&cred, 0, sizeof(cred));
 	lb_error_clear(&err);
-	conn->renewal_asked = true;
-	if (source->get_credential(source->ctx, &cred, &err) == 0 && cred.expires_at > conn->cred_expires_at)
+	if (source->get_credential(source->ctx, &cred, &err) == 0 && cred.expires_at > conn->cred_expires_at) {
 		conn->newer_credential = true;
+	} else {
+		/* Not due yet (the cache jitters its refresh), or the mint failed:
+		 * the next request asks again, a second later at the soonest. */
+		conn->renew_at = time(NULL) + 1;
+	}
 	credential_clear(&cred);
 }
 
@@ -959,7 +962,7 @@ pool_acquire_as(struct pool *pool, const struct pool_source *source, struct pool
 		problem = idle_conn_problem(conn);
 		if (problem == NULL) {
 			conn->fresh = false;
-			if (!conn->renewal_asked && time(NULL) >= conn->renew_at)
+			if (!conn->newer_credential && time(NULL) >= conn->renew_at)
 				ask_renewal(conn, source);
 			*out = conn;
 			return 0;
