@@ -3,7 +3,6 @@
  * from concurrent threads and processes never interleave. JSON is written
  * with yajl_gen, like every other JSON of the project.
  */
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -16,6 +15,7 @@
 
 #include <yajl/yajl_gen.h>
 
+#include "forkcount.h"
 #include "log.h"
 #include "strbuf.h"
 
@@ -167,38 +167,20 @@ format_timestamp(char *buf, size_t size)
 
 /*
  * The pid, as text: getpid() is a system call, so it is asked once per
- * process (a fork forgets it) and formatted once per thread.
+ * thread and again only after a fork.
  */
-static atomic_long known_pid;
-static pthread_once_t fork_handler_once = PTHREAD_ONCE_INIT;
-
-static void
-forget_pid(void)
-{
-	atomic_store(&known_pid, 0);
-}
-
-static void
-register_fork_handler(void)
-{
-	pthread_atfork(NULL, NULL, forget_pid);
-}
-
 static const char *
 pid_text(void)
 {
-	static _Thread_local long text_pid;
+	static _Thread_local bool known;
+	static _Thread_local unsigned known_forks;
 	static _Thread_local char text[24];
-	long pid = atomic_load(&known_pid);
+	unsigned forks = forkcount_get();
 
-	if (pid == 0) {
-		pthread_once(&fork_handler_once, register_fork_handler);
-		pid = (long)getpid();
-		atomic_store(&known_pid, pid);
-	}
-	if (pid != text_pid) {
-		snprintf(text, sizeof(text), "%ld", pid);
-		text_pid = pid;
+	if (!known || forks != known_forks) {
+		snprintf(text, sizeof(text), "%ld", (long)getpid());
+		known = true;
+		known_forks = forks;
 	}
 	return text;
 }

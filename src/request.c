@@ -7,8 +7,6 @@
  */
 #include <ctype.h>
 #include <errno.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -19,6 +17,7 @@
 
 #include <openssl/rand.h>
 
+#include "forkcount.h"
 #include "request.h"
 
 #define HEADER_NAME_MAX 128
@@ -89,21 +88,6 @@ request_header(const struct http_request *req, const char *name, int *count)
  * a bijection so ids do not look sequential. Unique without RAND_bytes per
  * request, which costs more than the rest of the id handling together.
  */
-static atomic_uint fork_generation;
-static pthread_once_t fork_handler_once = PTHREAD_ONCE_INIT;
-
-static void
-count_fork(void)
-{
-	atomic_fetch_add(&fork_generation, 1);
-}
-
-static void
-register_fork_handler(void)
-{
-	pthread_atfork(NULL, NULL, count_fork);
-}
-
 /* splitmix64's finaliser: a bijection on 64-bit values. */
 static uint64_t
 scramble(uint64_t x)
@@ -126,18 +110,16 @@ void
 request_generate_id(char *buf)
 {
 	static _Thread_local bool seeded;
-	static _Thread_local unsigned seeded_generation;
+	static _Thread_local unsigned seeded_forks;
 	static _Thread_local uint64_t prefix, counter;
-	unsigned generation;
+	unsigned forks = forkcount_get();
 
-	pthread_once(&fork_handler_once, register_fork_handler);
-	generation = atomic_load(&fork_generation);
-	if (!seeded || seeded_generation != generation) {
+	if (!seeded || seeded_forks != forks) {
 		if (RAND_bytes((unsigned char *)&prefix, sizeof(prefix)) != 1)
 			prefix = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
 		counter = 0;
 		seeded = true;
-		seeded_generation = generation;
+		seeded_forks = forks;
 	}
 	put_hex64(buf, prefix);
 	put_hex64(buf + 16, scramble(++counter));
