@@ -160,23 +160,62 @@ parse_content_length(const char *text)
 	return v;
 }
 
+/* The CGI parameters request_fill reads, found in one pass over them. */
+struct cgi_params {
+	const char *request_uri, *script_name, *path_info, *request_id;
+	const char *method, *query, *content_type, *content_length;
+};
+
+/*
+ * One pass instead of a lookup each (every lookup is a scan of all the
+ * parameters, ~25 under nginx). The first occurrence wins, as with
+ * FCGX_GetParam.
+ */
+static void
+read_cgi_params(char **envp, struct cgi_params *p)
+{
+#define WANT(name, field) { name, sizeof(name) - 1, &p->field }
+	const struct {
+		const char *name;
+		size_t len;
+		const char **value;
+	} wanted[] = {
+		WANT("REQUEST_URI", request_uri),
+		WANT("REQUEST_METHOD", method),
+		WANT("QUERY_STRING", query),
+		WANT("CONTENT_TYPE", content_type),
+		WANT("CONTENT_LENGTH", content_length),
+		WANT("HTTP_X_REQUEST_ID", request_id),
+		WANT("SCRIPT_NAME", script_name),
+		WANT("PATH_INFO", path_info),
+	};
+#undef WANT
+
+	memset(p, 0, sizeof(*p));
+	for (char **e = envp; e != NULL && *e != NULL; e++) {
+		for (size_t i = 0; i < sizeof(wanted) / sizeof(wanted[0]); i++) {
+			if (**e == wanted[i].name[0] && *wanted[i].value == NULL &&
+			    strncmp(*e, wanted[i].name, wanted[i].len) == 0 && (*e)[wanted[i].len] == '=') {
+				*wanted[i].value = *e + wanted[i].len + 1;
+				break;
+			}
+		}
+	}
+}
+
 /* The request path: REQUEST_URI up to '?' (nginx, Apache), else
  * SCRIPT_NAME + PATH_INFO (servers that omit REQUEST_URI). */
 static char *
-request_path(char **envp)
+request_path(const struct cgi_params *p)
 {
-	const char *uri = FCGX_GetParam("REQUEST_URI", envp);
 	struct strbuf sb;
 
 	strbuf_init(&sb);
-	if (uri != NULL && *uri != '\0') {
-		strbuf_append(&sb, uri, strcspn(uri, "?#"));
+	if (p->request_uri != NULL && *p->request_uri != '\0') {
+		strbuf_append(&sb, p->request_uri, strcspn(p->request_uri, "?#"));
 	} else {
-		const char *script = FCGX_GetParam("SCRIPT_NAME", envp);
-		const char *info = FCGX_GetParam("PATH_INFO", envp);
-
-		strbuf_append_str(&sb, script ? script : "");
-		strbuf_append_str(&sb, info ? info : "");
+		strbuf_append_str(&sb, p->script_name ? p->script_name : "");
+		strbuf_append_str(&sb, p->path_info ? p->path_info : "");
 	}
 	if (sb.len == 0)
 		strbuf_append_str(&sb, "/");
@@ -239,30 +278,24 @@ static int
 request_fill(char **envp, body_read_fn read_fn, void *in, long max_body, struct http_request *req,
 	     struct lb_error *err)
 {
-	const char *rid;
-	const char *query;
+	struct cgi_params p;
 
 	memset(req, 0, sizeof(*req));
 	req->params = envp;
-	rid = FCGX_GetParam("HTTP_X_REQUEST_ID", envp);
-	if (rid != NULL && request_id_is_sane(rid))
-		snprintf(req->request_id, sizeof(req->request_id), "%s", rid);
+	read_cgi_params(envp, &p);
+	if (p.request_id != NULL && request_id_is_sane(p.request_id))   /* so at most REQUEST_ID_MAX */
+		memcpy(req->request_id, p.request_id, strlen(p.request_id) + 1);
 	else
 		request_generate_id(req->request_id);
 
-	req->method = FCGX_GetParam("REQUEST_METHOD", envp);
-	if (req->method == NULL)
-		req->method = "GET";
-	query = FCGX_GetParam("QUERY_STRING", envp);
-	req->query = query ? query : "";
-	req->content_type = FCGX_GetParam("CONTENT_TYPE", envp);
-	if (req->content_type != NULL && *req->content_type == '\0')
-		req->content_type = NULL;
-	req->path = request_path(envp);
+	req->method = p.method != NULL ? p.method : "GET";
+	req->query = p.query != NULL ? p.query : "";
+	req->content_type = p.content_type != NULL && *p.content_type != '\0' ? p.content_type : NULL;
+	req->path = request_path(&p);
 	if (req->path == NULL)
 		return lb_error_set(err, LB_ERR_INTERNAL, "Out of memory.", "request path");
 
-	req->content_length = parse_content_length(FCGX_GetParam("CONTENT_LENGTH", envp));
+	req->content_length = parse_content_length(p.content_length);
 	if (req->content_length == -2)
 		return lb_error_set(err, LB_ERR_BAD_REQUEST, "Invalid Content-Length.", "bad CONTENT_LENGTH");
 	if (req->content_length > max_body)

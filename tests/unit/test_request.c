@@ -5,6 +5,7 @@
  * threads, and in a forked child).
  */
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -38,6 +39,67 @@ static bool
 is_request_id(const char *id)
 {
 	return strlen(id) == 32 && strspn(id, "0123456789abcdef") == 32;
+}
+
+/* request_from_cgi over a fake environment and body. */
+static int
+fill(const char *const *env, const char *body, struct http_request *req, struct lb_error *err)
+{
+	FILE *in = fmemopen((void *)body, strlen(body) + 1, "r");   /* +1: fmemopen wants a size > 0 */
+	int rc;
+
+	lb_error_clear(err);
+	rc = request_from_cgi((char **)env, in, 100, req, err);
+	if (in != NULL)
+		fclose(in);
+	return rc;
+}
+
+static void
+test_fill_from_params(void)
+{
+	const char *env[] = { "HTTP_HOST=x", "REQUEST_METHOD=POST", "QUERY_STRING=a=1&b=2",
+			      "REQUEST_URI=/api/todos?a=1&b=2", "CONTENT_TYPE=application/json",
+			      "CONTENT_LENGTH=2", "HTTP_X_REQUEST_ID=rid-1", "REQUEST_METHOD=GET",
+			      "HTTP_X_REQUEST_IDS=no", NULL };
+	struct http_request req;
+	struct lb_error err;
+
+	CU_ASSERT_EQUAL_FATAL(fill(env, "{}", &req, &err), 0);
+	CU_ASSERT_STRING_EQUAL(req.method, "POST");          /* the first occurrence wins */
+	CU_ASSERT_STRING_EQUAL(req.query, "a=1&b=2");
+	CU_ASSERT_STRING_EQUAL(req.path, "/api/todos");
+	CU_ASSERT_STRING_EQUAL(req.content_type, "application/json");
+	CU_ASSERT_EQUAL(req.content_length, 2);
+	CU_ASSERT_EQUAL(req.body_len, 2);
+	CU_ASSERT_STRING_EQUAL(req.request_id, "rid-1");
+	request_free(&req);
+}
+
+static void
+test_fill_defaults_and_fallbacks(void)
+{
+	const char *env[] = { "SCRIPT_NAME=/api", "PATH_INFO=/todos", "CONTENT_TYPE=",
+			      "HTTP_X_REQUEST_ID=has space", NULL };
+	const char *bad[] = { "REQUEST_URI=/x", "CONTENT_LENGTH=12a", NULL };
+	const char *big[] = { "REQUEST_URI=/x", "CONTENT_LENGTH=101", NULL };
+	struct http_request req;
+	struct lb_error err;
+
+	CU_ASSERT_EQUAL_FATAL(fill(env, "", &req, &err), 0);
+	CU_ASSERT_STRING_EQUAL(req.method, "GET");
+	CU_ASSERT_STRING_EQUAL(req.query, "");
+	CU_ASSERT_STRING_EQUAL(req.path, "/api/todos");      /* SCRIPT_NAME + PATH_INFO */
+	CU_ASSERT_PTR_NULL(req.content_type);                 /* empty counts as absent */
+	CU_ASSERT_EQUAL(req.content_length, -1);
+	CU_ASSERT_TRUE(is_request_id(req.request_id));  /* not sane: generated */
+	request_free(&req);
+	CU_ASSERT_EQUAL(fill(bad, "", &req, &err), -1);
+	CU_ASSERT_EQUAL(err.code, LB_ERR_BAD_REQUEST);
+	request_free(&req);
+	CU_ASSERT_EQUAL(fill(big, "", &req, &err), -1);
+	CU_ASSERT_EQUAL(err.code, LB_ERR_PAYLOAD_TOO_LARGE);
+	request_free(&req);
 }
 
 static int
@@ -108,6 +170,8 @@ register_request_tests(void)
 	CU_pSuite s = CU_add_suite("request", NULL, NULL);
 
 	CU_add_test(s, "headers: first value, repeat count, case of the name", test_header_first_value_and_count);
+	CU_add_test(s, "fill: every parameter, the first occurrence wins", test_fill_from_params);
+	CU_add_test(s, "fill: defaults, SCRIPT_NAME + PATH_INFO, bad lengths", test_fill_defaults_and_fallbacks);
 	CU_add_test(s, "request ids: 32 hex, unique per thread, across threads, after fork",
 		    test_request_ids_unique);
 }
