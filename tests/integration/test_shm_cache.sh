@@ -38,13 +38,8 @@ FAST_WORKSPACE='.workspace = ((.workspace // {}) + {connect_timeout_ms: 500, tim
 CLAIM_DEADLINE_S=12.7
 
 mapfile -t NUMS < <(seq -f '%02g' 1 "$NUSERS")
-user_email() { echo "shm$1@example.com"; }
-user_token() { echo "shm$1-token-1"; }
-user_row_id() { echo "00000000-0000-4000-8000-0000000020$1"; }
-user_json() {
-	printf '[{"id":"%s","title":"%s shm%s","done":false,"owner":"%s"}]' \
-		"$(user_row_id "$1")" "$USERS_TITLE_PREFIX" "$1" "$(user_email "$1")"
-}
+BULK_KIND=shm
+BULK_ROW_PREFIX=00000000-0000-4000-8000-0000000020
 
 now_s() { printf '%s\n' "$EPOCHREALTIME"; }
 # elapsed T0: seconds since T0 (fractions).
@@ -56,23 +51,6 @@ sleep_until() {
 	local left
 	left=$(awk -v a="$1" -v s="$2" -v b="$EPOCHREALTIME" 'BEGIN { d = a + s - b; printf "%.3f", (d > 0 ? d : 0) }')
 	sleep "$left"
-}
-
-# --- the 50 users ----------------------------------------------------------------------
-
-drop_users() {
-	local n
-	{
-		echo "DELETE FROM app.todos WHERE title LIKE '$USERS_TITLE_PREFIX shm%';"
-		for n in "${NUMS[@]}"; do
-			printf 'SELECT format(%s, r, r) FROM (VALUES (%s)) v(r) WHERE EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r)\n\\gexec\n' \
-				"'DROP OWNED BY %I; DROP ROLE %I'" "'$(user_email "$n")'"
-		done
-	} | pg_admin_psql -q >/dev/null
-}
-
-count_user_roles() {
-	pg_admin_sql "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'shm__@example.com'"
 }
 
 # --- worker processes (spawn-fcgi) ------------------------------------------------------
@@ -199,28 +177,6 @@ mints_summary() {
 		| "\(length) users, min \(min // 0), max \(max // 0)"'
 }
 
-# sampler_start OUT / sampler_stop OUT: the worker connections PostgreSQL
-# shows, every ~50 ms, one count per line (at most 60 s).
-sampler_start() {
-	local out=$1
-	rm -f "$out.stop"
-	(
-		for ((i = 0; i < 1200; i++)); do
-			[[ -e $out.stop ]] && break
-			echo "SELECT count(*) FROM pg_stat_activity WHERE application_name = '$USERS_APP';"
-			sleep 0.05
-		done | pg_admin_psql -At >"$out" 2>"$out.err"
-	) &
-	SAMPLER_PID=$!
-	wait_for "[[ -s '$out' ]]" 10
-}
-
-sampler_stop() {
-	touch "$1.stop"
-	wait_for "! kill -0 $SAMPLER_PID" 10
-	wait "$SAMPLER_PID" 2>/dev/null
-}
-
 restore_all() {
 	stop_workers
 	users_restore
@@ -232,28 +188,8 @@ at_exit 'restore_all >/dev/null 2>&1'
 # --- setup --------------------------------------------------------------------------------
 
 test_setup() {
-	local n users_json emu_cfg=$IT_TMP/emulator-shm.json
 	command -v spawn-fcgi >/dev/null || { _assert_result 1 "spawn-fcgi installed" "not found"; return 1; }
-	drop_users
-	{
-		for n in "${NUMS[@]}"; do
-			printf '\\set email %s\n\\i %s\n' "$(user_email "$n")" "$STACK_REPO/sql/create_user_role.sql"
-		done
-	} | pg_admin_psql -q -v local=1 >/dev/null || return
-	{
-		echo 'INSERT INTO app.todos (id, title, owner) VALUES'
-		for n in "${NUMS[@]}"; do
-			printf "  ('%s', '%s shm%s', '%s')%s\n" "$(user_row_id "$n")" "$USERS_TITLE_PREFIX" "$n" \
-				"$(user_email "$n")" "$([[ $n == "${NUMS[-1]}" ]] && echo ';' || echo ',')"
-		done
-	} | pg_admin_psql -q >/dev/null || return
-	expect_eq "$(count_user_roles)" "$NUSERS" "$NUSERS roles"
-	users_json=$(for n in "${NUMS[@]}"; do
-		jq -n --arg e "$(user_email "$n")" --arg t "$(user_token "$n")" '{email: $e, tokens: [$t]}'
-	done | jq -s .)
-	emulator_config "$IT_TMP/emulator-base.json"
-	jq --argjson u "$users_json" '.users += $u' "$IT_TMP/emulator-base.json" >"$emu_cfg" || return
-	users_emulator_restart "$emu_cfg"
+	bulk_users_setup "$IT_TMP/emulator-shm.json"
 }
 run_test "setup: $NUSERS users (roles, tokens, one row each)" test_setup
 

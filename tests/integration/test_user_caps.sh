@@ -17,31 +17,8 @@ ROUNDS=5
 CAP=4
 
 mapfile -t NUMS < <(seq -f '%02g' 1 "$NUSERS")
-user_email() { echo "user$1@example.com"; }
-user_token() { echo "user$1-token-1"; }
-user_row_id() { echo "00000000-0000-4000-8000-0000000010$1"; }
-# The test roles among pg_roles.
-count_user_roles() {
-	local list
-	list=$(for n in "${NUMS[@]}"; do printf "'%s'," "$(user_email "$n")"; done)
-	pg_admin_sql "SELECT count(*) FROM pg_roles WHERE rolname IN (${list%,})"
-}
-user_json() {
-	printf '[{"id":"%s","title":"%s user%s","done":false,"owner":"%s"}]' \
-		"$(user_row_id "$1")" "$USERS_TITLE_PREFIX" "$1" "$(user_email "$1")"
-}
-
-# drop_users: the 20 roles and their rows (idempotent).
-drop_users() {
-	local n
-	{
-		echo "DELETE FROM app.todos WHERE title LIKE '$USERS_TITLE_PREFIX%';"
-		for n in "${NUMS[@]}"; do
-			printf 'SELECT format(%s, r, r) FROM (VALUES (%s)) v(r) WHERE EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r)\n\\gexec\n' \
-				"'DROP OWNED BY %I; DROP ROLE %I'" "'$(user_email "$n")'"
-		done
-	} | pg_admin_psql -q >/dev/null
-}
+BULK_KIND=user
+BULK_ROW_PREFIX=00000000-0000-4000-8000-0000000010
 
 # pg_log_max_sessions MARK: the most worker sessions open at once, replaying
 # the PostgreSQL log after MARK (logins and disconnections, per backend pid).
@@ -54,52 +31,10 @@ pg_log_max_sessions() {
 		END { print max + 0 }'
 }
 
-# sampler_start OUT: one count of the worker's connections per line in OUT,
-# every ~50 ms, on one admin session, until OUT.stop exists (at most 60 s).
-sampler_start() {
-	local out=$1
-	rm -f "$out.stop"
-	(
-		for ((i = 0; i < 1200; i++)); do
-			[[ -e $out.stop ]] && break
-			echo "SELECT count(*) FROM pg_stat_activity WHERE application_name = '$USERS_APP';"
-			sleep 0.05
-		done | pg_admin_psql -At >"$out" 2>"$out.err"
-	) &
-	SAMPLER_PID=$!
-	wait_for "[[ -s '$out' ]]" 10
-}
-
-sampler_stop() {
-	touch "$1.stop"
-	wait_for "! kill -0 $SAMPLER_PID" 10
-	wait "$SAMPLER_PID" 2>/dev/null
-}
-
 # --- setup: 20 users with a role, a token and one row each ---------------------------
 
 test_setup() {
-	local n emu_cfg=$IT_TMP/emulator-users.json users_json
-	drop_users
-	for n in "${NUMS[@]}"; do
-		pg_admin_psql -q -v email="$(user_email "$n")" -v local=1 \
-			-f "$STACK_REPO/sql/create_user_role.sql" >/dev/null || return
-	done
-	{
-		echo 'INSERT INTO app.todos (id, title, owner) VALUES'
-		for n in "${NUMS[@]}"; do
-			printf "  ('%s', '%s user%s', '%s')%s\n" "$(user_row_id "$n")" "$USERS_TITLE_PREFIX" "$n" \
-				"$(user_email "$n")" "$([[ $n == "${NUMS[-1]}" ]] && echo ';' || echo ',')"
-		done
-	} | pg_admin_psql -q >/dev/null || return
-	expect_eq "$(count_user_roles)" "$NUSERS" "$NUSERS roles"
-	# The normal emulator config plus the 20 users.
-	users_json=$(for n in "${NUMS[@]}"; do
-		jq -n --arg e "$(user_email "$n")" --arg t "$(user_token "$n")" '{email: $e, tokens: [$t]}'
-	done | jq -s .)
-	emulator_config "$IT_TMP/emulator-base.json"
-	jq --argjson u "$users_json" '.users += $u' "$IT_TMP/emulator-base.json" >"$emu_cfg" || return
-	users_emulator_restart "$emu_cfg"
+	bulk_users_setup "$IT_TMP/emulator-users.json"
 }
 run_test "setup: $NUSERS users (roles, tokens, one row each)" test_setup
 

@@ -216,3 +216,85 @@ if declare -F at_exit >/dev/null; then
 else
 	trap 'users_restore >/dev/null 2>&1; rm -rf "$IT_TMP"' EXIT
 fi
+
+# --- bulk users (test_user_caps.sh, test_shm_cache.sh) ---------------------------------
+# The script sets BULK_KIND (emails are <kind>NN@example.com, tokens
+# <kind>NN-token-1), BULK_ROW_PREFIX (row ids are <prefix>NN) and NUMS
+# (the NN, two digits each); each user gets a role and one row.
+
+user_email() { echo "$BULK_KIND$1@example.com"; }
+user_token() { echo "$BULK_KIND$1-token-1"; }
+user_row_id() { echo "$BULK_ROW_PREFIX$1"; }
+# user_json NN: the user route's answer for that user, byte for byte.
+user_json() {
+	printf '[{"id":"%s","title":"%s %s%s","done":false,"owner":"%s"}]' \
+		"$(user_row_id "$1")" "$USERS_TITLE_PREFIX" "$BULK_KIND" "$1" "$(user_email "$1")"
+}
+
+# count_user_roles: how many of the bulk users' roles exist.
+count_user_roles() {
+	local list n
+	list=$(for n in "${NUMS[@]}"; do printf "'%s'," "$(user_email "$n")"; done)
+	pg_admin_sql "SELECT count(*) FROM pg_roles WHERE rolname IN (${list%,})"
+}
+
+# drop_users: the bulk users' roles and rows (idempotent).
+drop_users() {
+	local n
+	{
+		echo "DELETE FROM app.todos WHERE title LIKE '$USERS_TITLE_PREFIX $BULK_KIND%';"
+		for n in "${NUMS[@]}"; do
+			printf 'SELECT format(%s, r, r) FROM (VALUES (%s)) v(r) WHERE EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r)\n\\gexec\n' \
+				"'DROP OWNED BY %I; DROP ROLE %I'" "'$(user_email "$n")'"
+		done
+	} | pg_admin_psql -q >/dev/null
+}
+
+# bulk_users_setup EMU_CONFIG: the roles (one psql session), one row each,
+# and the emulator restarted with the normal config plus their tokens
+# (written to EMU_CONFIG). An assertion checks the roles exist.
+bulk_users_setup() {
+	local emu_cfg=$1 n users_json
+	drop_users
+	{
+		for n in "${NUMS[@]}"; do
+			printf '\\set email %s\n\\i %s\n' "$(user_email "$n")" "$STACK_REPO/sql/create_user_role.sql"
+		done
+	} | pg_admin_psql -q -v local=1 >/dev/null || return
+	{
+		echo 'INSERT INTO app.todos (id, title, owner) VALUES'
+		for n in "${NUMS[@]}"; do
+			printf "  ('%s', '%s %s%s', '%s')%s\n" "$(user_row_id "$n")" "$USERS_TITLE_PREFIX" "$BULK_KIND" "$n" \
+				"$(user_email "$n")" "$([[ $n == "${NUMS[-1]}" ]] && echo ';' || echo ',')"
+		done
+	} | pg_admin_psql -q >/dev/null || return
+	expect_eq "$(count_user_roles)" "${#NUMS[@]}" "${#NUMS[@]} roles"
+	users_json=$(for n in "${NUMS[@]}"; do
+		jq -n --arg e "$(user_email "$n")" --arg t "$(user_token "$n")" '{email: $e, tokens: [$t]}'
+	done | jq -s .)
+	emulator_config "$IT_TMP/emulator-base.json"
+	jq --argjson u "$users_json" '.users += $u' "$IT_TMP/emulator-base.json" >"$emu_cfg" || return
+	users_emulator_restart "$emu_cfg"
+}
+
+# sampler_start OUT: one count of the worker's connections per line in OUT,
+# every ~50 ms, on one admin session, until sampler_stop OUT (at most 60 s).
+sampler_start() {
+	local out=$1
+	rm -f "$out.stop"
+	(
+		for ((i = 0; i < 1200; i++)); do
+			[[ -e $out.stop ]] && break
+			echo "SELECT count(*) FROM pg_stat_activity WHERE application_name = '$USERS_APP';"
+			sleep 0.05
+		done | pg_admin_psql -At >"$out" 2>"$out.err"
+	) &
+	SAMPLER_PID=$!
+	wait_for "[[ -s '$out' ]]" 10
+}
+
+sampler_stop() {
+	touch "$1.stop"
+	wait_for "! kill -0 $SAMPLER_PID" 10
+	wait "$SAMPLER_PID" 2>/dev/null
+}
