@@ -178,6 +178,7 @@ credential_clear(struct credential *cred)
 	cred->token = NULL;
 	cred->role = NULL;
 	cred->expires_at = 0;
+	cred->refresh_at = 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -295,6 +296,7 @@ copy_out(struct credcache *cc, uint32_t index, struct credential *out, struct lb
 	out->token = secret_dup(shm_secret(cc->shm, index)->cred, sl->cred_len);
 	out->role = strdup(role);
 	out->expires_at = (time_t)sl->expires_at;
+	out->refresh_at = (time_t)sl->refresh_at;
 	if (out->token == NULL || out->role == NULL) {
 		credential_clear(out);
 		return oom(err);
@@ -488,22 +490,25 @@ log_report(const struct refresh_report *report)
 static int acquire_locked(struct credcache *cc, struct target *t, struct credential *out,
 			  struct lb_error *err, struct refresh_report *report);
 
-/*
- * When a credential is due: refresh_margin before it expires (at most half
- * its lifetime), less up to a quarter of that at random, so that
- * identities minted together (a fleet starting, a burst of new users) do
- * not all refresh, and mint, in the same second.
- */
+time_t
+credential_refresh_time(long margin_s, time_t minted_at, time_t expires_at, unsigned int random)
+{
+	time_t half_life = (expires_at - minted_at) / 2;
+	time_t margin = (time_t)margin_s < half_life ? (time_t)margin_s : half_life;
+
+	if (margin >= 4)
+		margin -= (time_t)(random % (unsigned int)(margin / 4 + 1));
+	return expires_at - margin;
+}
+
 static time_t
 refresh_time(const struct credcache *cc, time_t minted_at, time_t expires_at)
 {
-	time_t half_life = (expires_at - minted_at) / 2;
-	time_t margin = (time_t)cc->margin_s < half_life ? (time_t)cc->margin_s : half_life;
 	unsigned int r = 0;
 
-	if (margin >= 4 && RAND_bytes((unsigned char *)&r, (int)sizeof(r)) == 1)
-		margin -= (time_t)(r % (unsigned int)(margin / 4 + 1));
-	return expires_at - margin;
+	if (RAND_bytes((unsigned char *)&r, (int)sizeof(r)) != 1)
+		r = 0;
+	return credential_refresh_time(cc->margin_s, minted_at, expires_at, r);
 }
 
 /* The SP's workspace token: the static one, or the shared M2M token. */
@@ -682,6 +687,7 @@ refresh(struct credcache *cc, struct target *t, struct credential *out, struct l
 		out->token = m.token;
 		out->role = strdup(role);
 		out->expires_at = m.expires_at;
+		out->refresh_at = m.refresh_at;
 		m.token = NULL;
 		if (out->role == NULL) {
 			credential_clear(out);

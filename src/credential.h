@@ -52,7 +52,16 @@ struct credential {
 	char *token;      /* the Postgres password (secret) */
 	char *role;       /* the Postgres user name */
 	time_t expires_at;
+	time_t refresh_at; /* from then on the cache refreshes it (connections renew) */
 };
+
+/*
+ * When a credential minted at minted_at and expiring at expires_at is due:
+ * margin_s before expiry (at most half its lifetime), less up to a quarter
+ * of that chosen by `random` (any 32-bit value; callers use RAND_bytes), so
+ * identities minted together do not all refresh in the same second.
+ */
+time_t credential_refresh_time(long margin_s, time_t minted_at, time_t expires_at, unsigned int random);
 
 struct credcache;
 

@@ -803,26 +803,15 @@ take_locked(struct pool *pool, const struct timespec *deadline, struct pool_conn
 	return w.slot ? TAKE_SLOT : TAKE_TIMEOUT;
 }
 
-/*
- * When a connection is replaced by one with a newer credential: the
- * credential cache's refresh margin before the expiry, or half its
- * remaining life when that is shorter (as credential.c refreshes).
- */
-static time_t
-renew_time(const struct pool *pool, time_t expires_at)
-{
-	time_t margin = pool->cfg->refresh_margin_ms / 1000, half = (expires_at - time(NULL)) / 2;
-
-	return expires_at - (margin < half ? margin : half);
-}
-
-/* A connection's state after a login with a credential expiring then. */
+/* A connection's state after a login with `cred`. It is due for renewal
+ * when the cache refreshes the credential (which is also jittered there). */
 static void
-conn_logged_in(const struct pool *pool, struct pool_conn *conn, PGconn *pg, time_t expires_at)
+conn_logged_in(struct pool_conn *conn, PGconn *pg, const struct credential *cred)
 {
 	conn->pg = pg;
-	conn->cred_expires_at = expires_at;
-	conn->renew_at = renew_time(pool, expires_at);
+	conn->cred_expires_at = cred->expires_at;
+	conn->renew_at = cred->refresh_at > 0 && cred->refresh_at < cred->expires_at ? cred->refresh_at :
+										      cred->expires_at;
 	conn->newer_credential = false;
 	conn->server_error = false;
 	conn->statement_timeout_ms = -1;
@@ -853,7 +842,7 @@ open_into_slot(struct pool *pool, const struct pool_source *source, struct pool_
 			source->auth_failed(source->ctx, &cred);
 		goto fail;
 	}
-	conn_logged_in(pool, conn, pg, cred.expires_at);
+	conn_logged_in(conn, pg, &cred);
 	conn->fresh = true;
 	credential_clear(&cred);
 	log_debug("pool connection opened", "pool", pool->label);
@@ -1144,7 +1133,6 @@ pool_renew(struct pool *pool, const struct pool_source *source)
 	struct credential cred;
 	struct lb_error err;
 	struct pool_conn *conn;
-	time_t expires_at;
 	int renewed = 0;
 	PGconn *pg;
 
@@ -1169,16 +1157,16 @@ pool_renew(struct pool *pool, const struct pool_source *source)
 		 * never exceeded, not even for the length of a login. */
 		PQfinish(conn->pg);
 		metrics_conn_closed("renewed");
-		expires_at = cred.expires_at;
 		pg = pool_connect(pool->cfg, pool->settings.connect_timeout_ms, &cred, &err);
-		credential_clear(&cred);
 		if (pg == NULL) {
+			credential_clear(&cred);
 			log_info("pool connection renewal failed: closed", "pool", pool->label, "detail", err.detail);
 			free(conn);
 			busy_slot_freed(pool);
 			break;
 		}
-		conn_logged_in(pool, conn, pg, expires_at);
+		conn_logged_in(conn, pg, &cred);
+		credential_clear(&cred);
 		metrics_conn_opened();
 		log_debug("pool connection renewed", "pool", pool->label);
 		put_back_idle(pool, conn);

@@ -336,7 +336,7 @@ not_ready(struct request_ctx *rc, const char *message)
 static int
 check_ready(struct request_ctx *rc)
 {
-	struct credential cred = { NULL, NULL, 0 };
+	struct credential cred = { 0 };
 	struct pool_conn *conn;
 	PGresult *res;
 	int rc_ok;

@@ -1,12 +1,14 @@
 /*
- * test_retry.c - which workspace failures are retried, and the jittered
- * schedule (50 ms, 500 ms, 5 s, each +/-20 %).
+ * test_retry.c - which workspace failures are retried, the jittered
+ * schedule (50 ms, 500 ms, 5 s, each +/-20 %), and the jittered credential
+ * refresh time.
  */
 #include <limits.h>
 #include <time.h>
 
 #include <curl/curl.h>
 
+#include "credential.h"
 #include "retry.h"
 #include "unit.h"
 
@@ -114,6 +116,30 @@ test_sleep(void)
 	retry_sleep_ms(-5);	/* returns at once */
 }
 
+/* Credential refresh times: the margin (at most half the lifetime), less
+ * up to a quarter of it at random; none for margins under 4 s. */
+static void
+test_refresh_time_jitter(void)
+{
+	time_t t0 = 1000000, earliest = t0 + 3600, latest = 0, at;
+
+	/* One hour, 120 s margin: between 120 and 90 s before expiry. */
+	for (unsigned int r = 0; r < 200; r++) {
+		at = credential_refresh_time(120, t0, t0 + 3600, r * 7919u);
+		if (at < earliest)
+			earliest = at;
+		if (at > latest)
+			latest = at;
+	}
+	CU_ASSERT_EQUAL(earliest, t0 + 3600 - 120);
+	CU_ASSERT_EQUAL(latest, t0 + 3600 - 90);
+	CU_ASSERT_EQUAL(credential_refresh_time(120, t0, t0 + 3600, UINT_MAX), t0 + 3600 - 120 + (UINT_MAX % 31));
+	/* Half the lifetime caps the margin; a 3 s margin is not jittered. */
+	CU_ASSERT_EQUAL(credential_refresh_time(120, t0, t0 + 6, 0), t0 + 3);
+	CU_ASSERT_EQUAL(credential_refresh_time(120, t0, t0 + 6, 12345), t0 + 3);
+	CU_ASSERT_EQUAL(credential_refresh_time(0, t0, t0 + 3600, 12345), t0 + 3600);
+}
+
 void
 register_retry_tests(void)
 {
@@ -127,4 +153,5 @@ register_retry_tests(void)
 	CU_add_test(s, "jitter spreads over the whole range", test_delay_jitter_spread);
 	CU_add_test(s, "schedule ends after three retries", test_schedule_exhausted);
 	CU_add_test(s, "sleep lasts at least the delay", test_sleep);
+	CU_add_test(s, "credential refresh: margin, half-life cap, jitter", test_refresh_time_jitter);
 }
