@@ -16,7 +16,10 @@
  * refresher per host - a thread in every process; the one whose process
  * holds the segment's refresher claim (pid + heartbeat) works - as soon as
  * the window opens, so requests do not wait for a mint; lazy ones (users
- * by default) by the first request that finds them due. A failed refresh
+ * by default) by the first request that finds them due, which claims the
+ * refresh and hands the mint to a thread of its process while it goes on
+ * with the current credential (a request waits for a mint only when there
+ * is no valid credential to serve). A failed refresh
  * keeps serving the current credential until it really expires; the next
  * try comes after 30 s +/- 20 % (transient failures) or only once the
  * credential is gone (permanent ones: a 4xx is not retried in a loop).
@@ -68,9 +71,17 @@ struct credcache {
 
 	pthread_t refresher;
 	bool refresher_started;
-	pthread_mutex_t stop_lock;
+	pthread_mutex_t stop_lock;	/* also guards the hand-off queue */
 	pthread_cond_t stop_cond;	/* CLOCK_MONOTONIC */
 	bool stopping;
+
+	/* Refreshes requests claimed and handed off (see hand_off_refresh). */
+	pthread_t handoff_thread;
+	bool handoff_started;
+	pthread_cond_t handoff_cond;
+	struct handoff *handoffs;	/* first in, first out */
+	struct handoff **handoffs_tail;
+	int nhandoffs;
 };
 
 /* What a refresh is for. */
@@ -648,6 +659,29 @@ mint(struct credcache *cc, const struct target *t, bool need_role, struct minted
 /* acquiring (the lock held, except around the workspace calls) */
 
 /*
+ * The claimer's work, the lock held on entry and on return but released
+ * around the workspace calls: mints and publishes the outcome.
+ */
+static int
+mint_claimed(struct credcache *cc, const struct target *t, uint64_t claim_id, struct minted *m,
+	     struct lb_error *mint_err, struct refresh_report *report)
+{
+	struct shm_slot *sl = shm_slot(cc->shm, (uint32_t)t->index);
+	bool need_role = t->kind == SHM_KIND_SP && cc->sp_role == NULL && sl->role[0] == '\0';
+	int64_t started_ms;
+	int rc;
+
+	shm_unlock(cc->shm);
+	lb_error_clear(mint_err);
+	started_ms = shm_monotonic_ms();
+	rc = mint(cc, t, need_role, m, mint_err);
+	metrics_refresh_duration((long long)(shm_monotonic_ms() - started_ms) * 1000);
+	shm_lock(cc->shm);
+	publish(cc, t, claim_id, rc, m, mint_err, report);
+	return rc;
+}
+
+/*
  * Refreshes as the claimer: claims the slot, mints with the lock released,
  * publishes. Returns the slot's credential (or, when the claim was taken
  * over meanwhile, the one just minted).
@@ -656,25 +690,16 @@ static int
 refresh(struct credcache *cc, struct target *t, struct credential *out, struct lb_error *err,
 	struct refresh_report *report)
 {
-	struct shm_slot *sl = shm_slot(cc->shm, (uint32_t)t->index);
+	struct shm_slot *sl;
 	struct lb_error mint_err;
 	struct minted m = { 0 };
 	const char *role;
 	uint64_t claim_id;
-	int64_t started_ms;
-	bool need_role;
 	int rc;
 
 	claim_id = shm_claim(cc->shm, (uint32_t)t->index,
 			     shm_monotonic_ms() + claim_bound_ms(cc, t->kind));
-	need_role = t->kind == SHM_KIND_SP && cc->sp_role == NULL && sl->role[0] == '\0';
-	shm_unlock(cc->shm);
-	lb_error_clear(&mint_err);
-	started_ms = shm_monotonic_ms();
-	rc = mint(cc, t, need_role, &m, &mint_err);
-	metrics_refresh_duration((long long)(shm_monotonic_ms() - started_ms) * 1000);
-	shm_lock(cc->shm);
-	publish(cc, t, claim_id, rc, &m, &mint_err, report);
+	rc = mint_claimed(cc, t, claim_id, &m, &mint_err, report);
 
 	sl = shm_slot(cc->shm, (uint32_t)t->index);
 	role = t->kind == SHM_KIND_USER ? t->email : slot_role(cc, sl);
@@ -701,6 +726,139 @@ refresh(struct credcache *cc, struct target *t, struct credential *out, struct l
 	}
 	minted_clear(&m);
 	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* refreshes handed off by requests */
+
+/*
+ * A request that finds its identity due while the current credential is
+ * still valid claims the refresh (one claimer per host, as ever) and hands
+ * the mint to its process's hand-off thread, then goes on with the current
+ * credential: no request waits for a mint that is not needed yet, and no
+ * worker thread is tied up while the workspace answers. A user's token is
+ * copied for the length of that mint only, then wiped. When the queue is
+ * full (or the thread is gone), the request refreshes itself as before.
+ */
+#define HANDOFF_MAX 256
+
+struct handoff {
+	struct handoff *next;
+	struct target t;		/* email, fp and bearer point into this struct */
+	uint64_t claim_id;
+	char email[SHM_EMAIL_MAX + 1];
+	unsigned char fp[SHM_FP_LEN];
+	char *bearer;			/* secret */
+};
+
+static void
+handoff_free(struct handoff *h)
+{
+	secret_free(h->bearer);
+	OPENSSL_cleanse(h, sizeof(*h));
+	free(h);
+}
+
+/* A copy of the target that outlives the request (the lock held). */
+static struct handoff *
+handoff_new(const struct target *t)
+{
+	struct handoff *h = calloc(1, sizeof(*h));
+	size_t email_len;
+
+	if (h == NULL)
+		return NULL;
+	h->t.kind = t->kind;
+	h->t.index = t->index;
+	if (t->kind != SHM_KIND_USER)
+		return h;
+	email_len = strlen(t->email);
+	if (email_len > SHM_EMAIL_MAX || (h->bearer = secret_dup(t->bearer, strlen(t->bearer))) == NULL) {
+		free(h);
+		return NULL;
+	}
+	memcpy(h->email, t->email, email_len + 1);
+	memcpy(h->fp, t->fp, sizeof(h->fp));
+	h->t.email = h->email;
+	h->t.fp = h->fp;
+	h->t.bearer = h->bearer;
+	return h;
+}
+
+/* Claims the target's refresh and queues it (the lock held); false when
+ * it could not be queued: the caller refreshes itself. */
+static bool
+hand_off_refresh(struct credcache *cc, const struct target *t)
+{
+	struct handoff *h;
+	bool queued = false;
+
+	if (!cc->handoff_started || (h = handoff_new(t)) == NULL)
+		return false;
+	pthread_mutex_lock(&cc->stop_lock);
+	if (!cc->stopping && cc->nhandoffs < HANDOFF_MAX) {
+		h->claim_id = shm_claim(cc->shm, (uint32_t)t->index,
+					shm_monotonic_ms() + claim_bound_ms(cc, t->kind));
+		*cc->handoffs_tail = h;
+		cc->handoffs_tail = &h->next;
+		cc->nhandoffs++;
+		pthread_cond_signal(&cc->handoff_cond);
+		queued = true;
+	}
+	pthread_mutex_unlock(&cc->stop_lock);
+	if (!queued)
+		handoff_free(h);
+	return queued;
+}
+
+/* The next queued refresh, or NULL once stopping with none left; waits. */
+static struct handoff *
+next_handoff(struct credcache *cc, bool *stop)
+{
+	struct handoff *h;
+
+	pthread_mutex_lock(&cc->stop_lock);
+	while (!cc->stopping && cc->handoffs == NULL)
+		pthread_cond_wait(&cc->handoff_cond, &cc->stop_lock);
+	h = cc->handoffs;
+	if (h != NULL) {
+		cc->handoffs = h->next;
+		if (cc->handoffs == NULL)
+			cc->handoffs_tail = &cc->handoffs;
+		cc->nhandoffs--;
+	}
+	*stop = cc->stopping;
+	pthread_mutex_unlock(&cc->stop_lock);
+	return h;
+}
+
+static void *
+handoff_main(void *arg)
+{
+	struct credcache *cc = arg;
+	struct refresh_report report;
+	struct lb_error mint_err;
+	struct minted m;
+	struct handoff *h;
+	bool stop;
+
+	while ((h = next_handoff(cc, &stop)) != NULL) {
+		memset(&report, 0, sizeof(report));
+		memset(&m, 0, sizeof(m));
+		shm_lock(cc->shm);
+		if (!stop) {
+			mint_claimed(cc, &h->t, h->claim_id, &m, &mint_err, &report);
+		} else if (shm_claim_is(cc->shm, (uint32_t)h->t.index, h->claim_id)) {
+			/* Stopping: let another process's request take it at once. */
+			shm_claim_release(cc->shm, (uint32_t)h->t.index);
+			shm_wake_all(cc->shm);
+		}
+		shm_unlock(cc->shm);
+		minted_clear(&m);
+		log_report(&report);
+		handoff_free(h);
+	}
+	return NULL;
 }
 
 /* Another process's refresh failed: its error, for this waiter. */
@@ -733,7 +891,7 @@ acquire_locked(struct credcache *cc, struct target *t, struct credential *out,
 		sl = shm_slot(cc->shm, (uint32_t)t->index);
 		now = time(NULL);
 		claimed = shm_claim_active(cc->shm, (uint32_t)t->index);
-		if (is_valid(sl, now) && serve_current(cc, sl, now, claimed))
+		if (is_valid(sl, now) && (serve_current(cc, sl, now, claimed) || hand_off_refresh(cc, t)))
 			return copy_out(cc, (uint32_t)t->index, out, err);
 		if (!claimed)
 			return refresh(cc, t, out, err, report);
@@ -980,7 +1138,7 @@ refresher_main(void *arg)
 }
 
 static int
-start_refresher(struct credcache *cc, struct lb_error *err)
+start_threads(struct credcache *cc, struct lb_error *err)
 {
 	pthread_condattr_t attr;
 
@@ -989,6 +1147,12 @@ start_refresher(struct credcache *cc, struct lb_error *err)
 	pthread_cond_init(&cc->stop_cond, &attr);
 	pthread_condattr_destroy(&attr);
 	pthread_mutex_init(&cc->stop_lock, NULL);
+	pthread_cond_init(&cc->handoff_cond, NULL);
+	cc->handoffs_tail = &cc->handoffs;
+	if (pthread_create(&cc->handoff_thread, NULL, handoff_main, cc) != 0)
+		return lb_error_fail(err, LB_ERR_INTERNAL, LB_PERMANENT, MSG_INTERNAL,
+				     "cannot start the credential hand-off thread");
+	cc->handoff_started = true;
 	if (!cc->sp_eager && !cc->user_eager)
 		return 0;
 	if (pthread_create(&cc->refresher, NULL, refresher_main, cc) != 0)
@@ -1069,7 +1233,7 @@ credcache_create(const struct lb_config *cfg, struct workspace_client *ws, struc
 			 "credential_cache.slots takes effect once no process uses it",
 			 "slots", slots, "configured", configured);
 	}
-	if (start_refresher(cc, err) != 0) {
+	if (start_threads(cc, err) != 0) {
 		credcache_destroy(cc);
 		return NULL;
 	}
@@ -1083,13 +1247,16 @@ credcache_destroy(struct credcache *cc)
 
 	if (cc == NULL)
 		return;
-	if (cc->refresher_started) {
-		pthread_mutex_lock(&cc->stop_lock);
-		cc->stopping = true;
-		pthread_cond_signal(&cc->stop_cond);
-		pthread_mutex_unlock(&cc->stop_lock);
+	pthread_mutex_lock(&cc->stop_lock);
+	cc->stopping = true;
+	pthread_cond_signal(&cc->stop_cond);
+	pthread_cond_signal(&cc->handoff_cond);
+	pthread_mutex_unlock(&cc->stop_lock);
+	if (cc->refresher_started)
 		pthread_join(cc->refresher, NULL);
-	}
+	if (cc->handoff_started)
+		pthread_join(cc->handoff_thread, NULL);
+	pthread_cond_destroy(&cc->handoff_cond);
 	pthread_cond_destroy(&cc->stop_cond);
 	pthread_mutex_destroy(&cc->stop_lock);
 	shm_lock(cc->shm);

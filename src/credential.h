@@ -17,7 +17,10 @@
  *
  * Eager identities (credential_cache.sp_refresh / user_refresh) are
  * refreshed by one background thread per host before requests would have
- * to; lazy ones by the first request inside the refresh window. Create the
+ * to; lazy ones by the first request inside the refresh window, which
+ * hands the mint to a thread of its process and is served the current
+ * credential meanwhile (the user's token is kept for that mint only).
+ * Callers wait for a mint only when no valid credential exists. Create the
  * cache in the process that uses it (after any fork): its background
  * thread does not survive a fork.
  */

@@ -145,9 +145,12 @@ command_not_found_handle() {
 
 # run_test NAME FUNCTION [ARGS...]: one test; it fails when any assertion
 # in it fails, a command in it is not found, or FUNCTION returns non-zero.
+# With IT_ONLY set, only tests whose NAME contains it run (while working
+# on one test: IT_ONLY='off the request' bash tests/integration/test_x.sh).
 run_test() {
 	local name=$1 rc=0
 	shift
+	[[ -n ${IT_ONLY:-} && $name != *"$IT_ONLY"* ]] && return 0
 	_IT_IN_TEST=1
 	_IT_TEST_FAILED=
 	rm -f "$IT_TMP/command-not-found"

@@ -4,7 +4,8 @@
 # request, transient mint failures retried, a permanent one failing fast
 # (once), the workspace API down and back, and credentials or tokens that
 # the database or the workspace stopped accepting; a user's connections
-# renewed before their credential expires.
+# renewed before their credential expires, and refreshed off the request
+# path.
 #
 # Needs the stack (scripts/stack.sh start). Restarts the emulator and the
 # worker; puts both back as scripts/stack.sh started them at the end.
@@ -116,6 +117,50 @@ test_user_connections_renewed_before_expiry() {
 	expect_ge "$mints" 3 "alice's credential refreshed at least twice (3 mints)"
 	expect_ge "$renewed" 2 "connections replaced before expiry at least twice"
 	expect_eq "$expired" 0 "no connection reached its credential's expiry"
+	emulator_with "$STACK_EMU_CONFIG"
+}
+
+# A lazy user's due credential is refreshed off the request path: with the
+# next mint delayed 2 s, the request that finds alice's credential due is
+# answered at once with the current credential, and the new one arrives
+# from the background before the old one expires. Credentials live 16 s
+# and are due 5-6 s before expiry (margin 6 s, jitter up to a quarter).
+alice_todos() {
+	curl -s -o /dev/null -w '%{http_code} %{time_total}' --max-time 10 \
+		-H 'X-Forwarded-Email: alice@example.com' -H 'X-Forwarded-Access-Token: alice-token-1' \
+		"$LAKEBASE_URL/api/my/todos"
+}
+
+test_due_user_credential_refreshed_off_the_request_path() {
+	local lifetime=16 emu_cfg=$STACK_DIR/it-emulator-short-lifetime-16.json
+	local cfg=$STACK_DIR/it-credentials-handoff.json alice=alice@example.com
+	local t0 out mints deadline
+	emulator_config "$emu_cfg" "$lifetime" || return
+	worker_config_derive "$cfg" '.credentials.refresh_margin_ms = 6000' || return
+	emulator_with "$emu_cfg" || return
+	worker_restart "$cfg" || return
+	emu_reset || return
+	t0=$(now_s)
+	out=$(alice_todos)
+	expect_eq "${out% *}" 200 "alice's first request"
+	expect_eq "$(emu_mints "$alice")" 1 "one mint for alice's first request"
+	emu_fault '{"count": 1, "delay_ms": 2000, "path": "/api/2.0/postgres/credentials"}' || return
+	# Past the refresh point (t0 + 10..11 s, plus a second of rounding),
+	# well before the expiry (t0 + 16 s): waiting for the clock, not an event.
+	sleep "$(awk -v n="$(now_s)" -v t="$t0" 'BEGIN { d = t + 12.2 - n; printf "%.3f", (d > 0 ? d : 0) }')"
+	out=$(alice_todos)
+	printf '       the request that found the credential due: %s s\n' "${out#* }"
+	expect_eq "${out% *}" 200 "the request that finds the credential due"
+	awk -v s="${out#* }" 'BEGIN { exit !(s < 1.0) }'
+	expect_eq "$?" 0 "it is answered before the 2 s mint ends (${out#* } s)"
+	deadline=$((SECONDS + 10))
+	while mints=$(emu_mints "$alice") && [[ $mints -lt 2 ]] && ((SECONDS < deadline)); do
+		sleep 0.1
+	done
+	expect_eq "$mints" 2 "the new credential was minted in the background"
+	out=$(alice_todos)
+	expect_eq "${out% *}" 200 "alice's next request"
+	expect_eq "$(emu_mints "$alice")" 2 "no further mint"
 	emulator_with "$STACK_EMU_CONFIG"
 }
 
@@ -272,6 +317,8 @@ run_test "a 6 s credential is replaced (>= 2 mints) with no failed request in 18
 	test_expiring_credential_is_replaced_without_a_failed_request
 run_test "a user's connections are renewed before their 8 s credential expires: none expires, none fails" \
 	test_user_connections_renewed_before_expiry
+run_test "a due user credential is refreshed off the request path: a 2 s mint delays no request" \
+	test_due_user_credential_refreshed_off_the_request_path
 run_test "two 503s on the mint are retried: one request, 200" test_two_503_then_success_is_one_200
 run_test "a 429 and a dropped connection on the mint are retried: 200" test_429_and_a_dropped_connection_are_retried
 run_test "a 403 on the mint fails fast with a 5xx JSON error after one call" \
