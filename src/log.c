@@ -3,6 +3,7 @@
  * from concurrent threads and processes never interleave. JSON is written
  * with yajl_gen, like every other JSON of the project.
  */
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -25,6 +26,7 @@ static atomic_bool redact_emails = true;
 
 /* Room for a request line at once, instead of growing 64, 128, 256... */
 #define LOG_LINE_TYPICAL 384
+#define LOG_LINE_KEEP 4096	/* a thread keeps its line buffer up to this size */
 
 static const char *const level_names[] = { "debug", "info", "warn", "error" };
 
@@ -278,32 +280,89 @@ json_line(struct strbuf *sb, const char *ts, const char *level, const char *msg,
 	strbuf_append(sb, "\n", 1);
 }
 
+/*
+ * Each thread formats its lines in a buffer of its own, kept between lines
+ * (a line holds no secret) and freed when the thread ends: one line per
+ * request should not cost an allocation.
+ */
+static pthread_key_t line_key;
+static bool line_key_ready;
+static pthread_once_t line_key_once = PTHREAD_ONCE_INIT;
+
+static void
+free_thread_line(void *sb)
+{
+	strbuf_free(sb, false);
+	free(sb);
+}
+
+static void
+make_line_key(void)
+{
+	line_key_ready = pthread_key_create(&line_key, free_thread_line) == 0;
+}
+
+/* The calling thread's line buffer, or NULL (then the caller uses its own). */
+static struct strbuf *
+thread_line(void)
+{
+	struct strbuf *sb;
+
+	pthread_once(&line_key_once, make_line_key);
+	if (!line_key_ready)
+		return NULL;
+	if ((sb = pthread_getspecific(line_key)) != NULL)
+		return sb;
+	if ((sb = malloc(sizeof(*sb))) == NULL)
+		return NULL;
+	strbuf_init(sb);
+	if (pthread_setspecific(line_key, sb) != 0) {
+		free(sb);
+		return NULL;
+	}
+	return sb;
+}
+
+/* Done with a line: a thread's buffer is kept (emptied) unless it grew large. */
+static void
+line_done(struct strbuf *sb, bool owned)
+{
+	if (owned || sb->cap > LOG_LINE_KEEP || sb->failed) {
+		strbuf_free(sb, false);
+		return;
+	}
+	strbuf_reset(sb);
+}
+
 void
 log_event(enum log_level level, const char *msg, ...)
 {
-	struct strbuf sb;
+	struct strbuf local, *sb;
 	va_list ap;
 	char ts[48];
 	ssize_t off = 0;
 
 	if ((int)level < atomic_load(&current_level))
 		return;
-	strbuf_init(&sb);
-	strbuf_grow(&sb, LOG_LINE_TYPICAL);
+	if ((sb = thread_line()) == NULL) {
+		strbuf_init(&local);
+		sb = &local;
+	}
+	strbuf_grow(sb, LOG_LINE_TYPICAL);
 	format_timestamp(ts, sizeof(ts));
 	va_start(ap, msg);
 	if (atomic_load(&current_format) == LOG_FMT_JSON)
-		json_line(&sb, ts, level_names[level], msg, ap);
+		json_line(sb, ts, level_names[level], msg, ap);
 	else
-		logfmt_line(&sb, ts, level_names[level], msg, ap);
+		logfmt_line(sb, ts, level_names[level], msg, ap);
 	va_end(ap);
-	if (!strbuf_failed(&sb)) {
-		while ((size_t)off < sb.len) {
-			ssize_t n = write(STDERR_FILENO, sb.data + off, sb.len - (size_t)off);
+	if (!strbuf_failed(sb)) {
+		while ((size_t)off < sb->len) {
+			ssize_t n = write(STDERR_FILENO, sb->data + off, sb->len - (size_t)off);
 			if (n <= 0)
 				break;
 			off += n;
 		}
 	}
-	strbuf_free(&sb, false);
+	line_done(sb, sb == &local);
 }

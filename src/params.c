@@ -170,7 +170,7 @@ static char *
 convert_integer(const struct param_def *def, const char *text, struct lb_error *err)
 {
 	long long v;
-	char buf[32];
+	char buf[1 + TEXT_UINT_MAX];	/* a sign and the digits */
 	char *out;
 
 	if (!is_strict_integer(text)) {
@@ -196,7 +196,9 @@ convert_integer(const struct param_def *def, const char *text, struct lb_error *
 	}
 	if (check_min_max((double)v, def, err) < 0)
 		return NULL;
-	snprintf(buf, sizeof(buf), "%lld", v);
+	/* Canonical digits (no '+', no leading zeros), without a printf. */
+	buf[0] = '-';
+	text_uint(buf + (v < 0), v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v);
 	out = strdup(buf);
 	if (out == NULL)
 		out_of_memory(err);
