@@ -582,7 +582,7 @@ execute_route(struct request_ctx *rc, struct checkout *co, const struct bound_pa
 	PGresult *res = NULL;
 	PGconn *pg = NULL;
 	int attempt, rcode = -1;
-	bool broken;
+	bool broken, check_utf8;
 
 	for (attempt = 0; attempt < 2; attempt++) {
 		if (checkout_acquire(co, &rc->err) != 0)
@@ -608,19 +608,23 @@ execute_route(struct request_ctx *rc, struct checkout *co, const struct bound_pa
 		}
 		break;
 	}
+	broken = PQstatus(pg) != CONNECTION_OK;
 	switch (PQresultStatus(res)) {
 	case PGRES_TUPLES_OK:
 	case PGRES_COMMAND_OK:
-		rcode = responder_result_json(res, rc->route, responder_needs_utf8_check(pg), &rc->resp->body,
-					      &rc->err);
+		/* The result no longer needs the connection: give it back before
+		 * the JSON is written, so a busy pool's next request need not wait
+		 * for that (a fifth of a request's CPU). */
+		check_utf8 = responder_needs_utf8_check(pg);
+		checkout_release(co, broken);
+		rcode = responder_result_json(res, rc->route, check_utf8, &rc->resp->body, &rc->err);
 		break;
 	default:
 		responder_pg_error(res, pg, &rc->err);
+		checkout_release(co, broken);
 		break;
 	}
-	broken = PQstatus(pg) != CONNECTION_OK;
 	PQclear(res);
-	checkout_release(co, broken);
 	return rcode;
 }
 
