@@ -92,6 +92,8 @@ BIN=$BENCH_BUILD_DIR/bench
 RESULTS=$BENCH_STATE/results.tsv
 PROFILE_DIR=$BENCH_STATE/profile
 USER_PATH='/api/my/todos?limit=3'
+POST_PATH=/api/my/todos
+POST_BODY='{"title":"bench-post"}'
 SP_PATH='/bench/todos?limit=3'
 SAMPLER_ID=0
 STARTED_STACK=
@@ -399,7 +401,7 @@ measure_floor() {
 	floor-post)
 		floor_ensure
 		measure floor-post - "$(bench_pid floor)" "$FLOOR_APP" "$REF_PORT" 0 BENCH_USERS=1 BENCH_KIND=f \
-			BENCH_PATH=/api/my/todos BENCH_METHOD=POST BENCH_BODY='{"title":"bench-post"}'
+			BENCH_PATH="$POST_PATH" BENCH_METHOD=POST BENCH_BODY="$POST_BODY"
 		clear_posts
 		;;
 	esac
@@ -540,13 +542,15 @@ profile_perf() {
 
 CALLGRIND_REQUESTS=2000
 
-# callgrind_measure NAME PID URL KIND: zeroes the counters after a warm-up,
-# runs CALLGRIND_REQUESTS sequential requests, dumps; instructions per request.
+# callgrind_measure NAME PID URL KIND [seqload options]: zeroes the counters
+# after a warm-up, runs CALLGRIND_REQUESTS sequential requests, dumps;
+# instructions per request.
 callgrind_measure() {
 	local name=$1 pid=$2 url=$3 kind=$4 out=$PROFILE_DIR/$1.callgrind
-	"$BIN/seqload" http --url "$url" --kind "$kind" --count 1 --requests 200 >/dev/null
+	shift 4
+	"$BIN/seqload" http --url "$url" --kind "$kind" --count 1 --requests 200 "$@" >/dev/null
 	callgrind_control -z "$pid" >/dev/null 2>&1
-	"$BIN/seqload" http --url "$url" --kind "$kind" --count 1 --requests "$CALLGRIND_REQUESTS" \
+	"$BIN/seqload" http --url "$url" --kind "$kind" --count 1 --requests "$CALLGRIND_REQUESTS" "$@" \
 		>"$PROFILE_DIR/$name.callgrind.load"
 	callgrind_control -d "$pid" >/dev/null 2>&1
 	sleep 1
@@ -561,17 +565,22 @@ callgrind_measure() {
 		name="$name" "$PROFILE_DIR/$name.callgrind.self.txt" >>"$PROFILE_DIR/instructions.txt"
 }
 
+# profile_callgrind floor|user-1|floor-post|post: callgrind on the floor or
+# the worker for CALLGRIND_REQUESTS requests of the user route (GET, or
+# the INSERT for the -post names).
 profile_callgrind() {
 	local name=$1 wrapper=$BENCH_STATE/callgrind-$1.sh
+	local post=() path=$USER_PATH
+	[[ $name == *post ]] && post=(--post "$POST_BODY") path=$POST_PATH
 	mkdir -p "$PROFILE_DIR"
 	printf '#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file=%s "$@"\n' \
 		"$PROFILE_DIR/$name.callgrind.%p" >"$wrapper"
 	chmod 0755 "$wrapper"
 	bench_log "profile: callgrind, $CALLGRIND_REQUESTS requests of $name"
-	if [[ $name == floor ]]; then
+	if [[ $name == floor* ]]; then
 		floor_start "$wrapper"
 		FLOOR_RUNNING=
-		callgrind_measure floor "$(bench_pid floor)" "http://127.0.0.1:$REF_PORT$USER_PATH" f
+		callgrind_measure "$name" "$(bench_pid floor)" "http://127.0.0.1:$REF_PORT$path" f "${post[@]}"
 		bench_stop floor
 	else
 		local real=$STACK_WORKER_BIN
@@ -579,7 +588,7 @@ profile_callgrind() {
 		printf '#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file=%s %s "$@"\n' \
 			"$PROFILE_DIR/$name.callgrind.%p" "$real" >"$wrapper"
 		product_start "$BENCH_STATE/worker.json"
-		callgrind_measure "$name" "$(worker_pid)" "$STACK_URL$USER_PATH" u
+		callgrind_measure "$name" "$(worker_pid)" "$STACK_URL$path" u "${post[@]}"
 		worker_stop
 		STACK_WORKER_BIN=$real
 	fi
@@ -723,8 +732,8 @@ main() {
 	measure_floor floor
 	scenario_refresh
 	measure_floor floor-post
-	product_scenario post floor "$W" "$P" 1 BENCH_USERS=1 BENCH_PATH=/api/my/todos BENCH_METHOD=POST \
-		BENCH_BODY='{"title":"bench-post"}'
+	product_scenario post floor "$W" "$P" 1 BENCH_USERS=1 BENCH_PATH="$POST_PATH" BENCH_METHOD=POST \
+		BENCH_BODY="$POST_BODY"
 	if want post; then
 		clear_posts
 	fi
@@ -755,6 +764,11 @@ main() {
 	fi
 	if [[ -n $PROFILE ]] && want user-1; then
 		profile_callgrind user-1
+	fi
+	if [[ -n $PROFILE ]] && want post; then
+		profile_callgrind floor-post
+		profile_callgrind post
+		clear_posts
 	fi
 
 	LOAD_AFTER=$(uptime | sed 's/.*load average: //')

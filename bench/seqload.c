@@ -3,7 +3,8 @@
  * the latency of each single request, one at a time.
  *
  *   seqload http --url URL --kind K --first F --count N [--requests R] [--parallel P]
- *       GET URL R times (default N) as the bench users K<F>..K<F+N-1>
+ *                [--post BODY]
+ *       GET URL (POST BODY as JSON with --post) R times (default N) as the bench users K<F>..K<F+N-1>
  *       (email "<K><NNNN>@bench.example", token "tok-<K><NNNN>"), round
  *       robin, on P keep-alive connections (default 1: one at a time).
  *       cold-1000 uses it for the first request of each of 1000 new
@@ -28,7 +29,7 @@
 #include <yajl/yajl_tree.h>
 
 struct args {
-	const char *mode, *url, *kind, *emu, *endpoint, *conninfo;
+	const char *mode, *url, *kind, *emu, *endpoint, *conninfo, *post;
 	int first, count, requests, parallel;
 };
 
@@ -131,6 +132,8 @@ http_worker_main(void *arg)
 	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, sink_write);
 	curl_easy_setopt(curl, CURLOPT_WRITEDATA, NULL);
 	curl_easy_setopt(curl, CURLOPT_TIMEOUT, 30L);
+	if (a->post != NULL)
+		curl_easy_setopt(curl, CURLOPT_POSTFIELDS, a->post);
 	for (int i = w->index; i < w->requests; i += w->stride) {
 		struct curl_slist *h = NULL;
 
@@ -139,6 +142,8 @@ http_worker_main(void *arg)
 		snprintf(h_token, sizeof(h_token), "X-Forwarded-Access-Token: %s", token);
 		h = curl_slist_append(h, h_email);
 		h = curl_slist_append(h, h_token);
+		if (a->post != NULL)
+			h = curl_slist_append(h, "Content-Type: application/json");
 		curl_easy_setopt(curl, CURLOPT_HTTPHEADER, h);
 		t0 = now_us();
 		status = 0;
@@ -294,6 +299,7 @@ parse_args(int argc, char **argv, struct args *a)
 		else if (strcmp(k, "--count") == 0) a->count = atoi(v);
 		else if (strcmp(k, "--requests") == 0) a->requests = atoi(v);
 		else if (strcmp(k, "--parallel") == 0) a->parallel = atoi(v);
+		else if (strcmp(k, "--post") == 0) a->post = v;
 		else return -1;
 	}
 	if (a->kind == NULL || strlen(a->kind) > 8 || a->count < 1 || a->count > 100000 || a->requests < 0 ||
@@ -313,7 +319,7 @@ main(int argc, char **argv)
 	int rc;
 
 	if (parse_args(argc, argv, &a) != 0) {
-		fprintf(stderr, "usage: seqload http --url URL --kind K [--first F] --count N [--requests R] [--parallel P]\n"
+		fprintf(stderr, "usage: seqload http --url URL --kind K [--first F] --count N [--requests R] [--parallel P] [--post BODY]\n"
 				"       seqload mintlogin --emu URL --endpoint EP --conninfo STR --kind K --count N\n");
 		return 2;
 	}

@@ -334,93 +334,16 @@ convert_plain_text(const struct param_def *def, const char *text, struct lb_erro
 
 /* ---- JSON validation (yajl's parser, no tree) ---------------------------- */
 
-struct json_check {
-	size_t depth;
-	size_t max_depth;       /* 0: unlimited */
-	bool refuse_nul;
-	bool too_deep;
-	bool has_nul;
-};
-
-static int
-check_open(void *ctx)
-{
-	struct json_check *jc = ctx;
-
-	jc->depth++;
-	if (jc->max_depth != 0 && jc->depth > jc->max_depth) {
-		jc->too_deep = true;
-		return 0;
-	}
-	return 1;
-}
-
-static int
-check_close(void *ctx)
-{
-	struct json_check *jc = ctx;
-
-	jc->depth--;
-	return 1;
-}
-
-/* yajl_tree hands out strings as C strings: a "\u0000" would cut them. */
-static int
-check_string(void *ctx, const unsigned char *s, size_t len)
-{
-	struct json_check *jc = ctx;
-
-	if (jc->refuse_nul && memchr(s, '\0', len) != NULL) {
-		jc->has_nul = true;
-		return 0;
-	}
-	return 1;
-}
-
-static int
-check_open_map(void *ctx)
-{
-	return check_open(ctx);
-}
-
-static int
-check_open_array(void *ctx)
-{
-	return check_open(ctx);
-}
-
-static int
-check_close_map(void *ctx)
-{
-	return check_close(ctx);
-}
-
-static int
-check_close_array(void *ctx)
-{
-	return check_close(ctx);
-}
-
-static const yajl_callbacks json_check_callbacks = {
-	.yajl_string = check_string,
-	.yajl_start_map = check_open_map,
-	.yajl_map_key = check_string,
-	.yajl_end_map = check_close_map,
-	.yajl_start_array = check_open_array,
-	.yajl_end_array = check_close_array,
-};
-
 enum json_verdict { JSON_OK = 0, JSON_INVALID, JSON_TOO_DEEP, JSON_HAS_NUL, JSON_NO_MEMORY };
 
 /* Strict JSON (no comments, one value, nothing after it). */
 static enum json_verdict
-json_check(const char *text, size_t len, size_t max_depth, bool refuse_nul)
+json_check(const char *text, size_t len)
 {
-	struct json_check jc = { .max_depth = max_depth, .refuse_nul = refuse_nul };
 	yajl_handle h;
 	yajl_status st;
 
-	h = yajl_alloc(&json_check_callbacks, NULL, &jc);
+	h = yajl_alloc(NULL, NULL, NULL);
 	if (h == NULL)
 		return JSON_NO_MEMORY;
 	yajl_config(h, yajl_allow_comments, 0);
@@ -428,10 +351,6 @@ json_check(const char *text, size_t len, size_t max_depth, bool refuse_nul)
 	if (st == yajl_status_ok)
 		st = yajl_complete_parse(h);
 	yajl_free(h);
-	if (jc.too_deep)
-		return JSON_TOO_DEEP;
-	if (jc.has_nul)
-		return JSON_HAS_NUL;
 	return st == yajl_status_ok ? JSON_OK : JSON_INVALID;
 }
 
@@ -442,7 +361,7 @@ convert_json_text(const struct param_def *def, const char *text, struct lb_error
 	char *out;
 
 	/* A "\u0000" is valid JSON here: it stays text, PostgreSQL decides. */
-	switch (json_check(text, len, 0, false)) {
+	switch (json_check(text, len)) {
 	case JSON_OK:
 		break;
 	case JSON_NO_MEMORY:
@@ -583,17 +502,64 @@ collect_query(const struct route *route, const char *qs, char **values, struct l
 	return 0;
 }
 
-/* The body as a tree, after a strict check that also bounds its depth. */
+static int
+invalid_body(struct lb_error *err)
+{
+	return lb_error_set(err, LB_ERR_BAD_REQUEST, "The request body is not valid JSON.",
+			    "body is not valid JSON");
+}
+
+/*
+ * One pass over a body before yajl_tree parses it, for what yajl_tree does
+ * not refuse: comments (it allows them), nesting deeper than max_depth (it
+ * has no limit, and frees recursively) and \u0000 escapes (its strings are
+ * C strings, which a NUL would cut). Whether the rest is JSON is yajl's to
+ * judge; this only needs to be exact on JSON. One parse instead of two.
+ */
+static enum json_verdict
+body_prescan(const char *text, size_t len, size_t max_depth)
+{
+	size_t depth = 0;
+	bool in_string = false;
+
+	for (size_t i = 0; i < len; i++) {
+		char c = text[i];
+
+		if (c == '\0')
+			return JSON_INVALID;
+		if (in_string) {
+			if (c == '"') {
+				in_string = false;
+			} else if (c == '\\') {
+				if (len - i >= 6 && memcmp(text + i + 1, "u0000", 5) == 0)
+					return JSON_HAS_NUL;
+				i++;	/* the escaped character */
+			}
+			continue;
+		}
+		if (c == '"')
+			in_string = true;
+		else if ((c == '[' || c == '{') && ++depth > max_depth)
+			return JSON_TOO_DEEP;
+		else if ((c == ']' || c == '}') && depth > 0)
+			depth--;
+		else if (c == '/')
+			return JSON_INVALID;	/* a comment */
+	}
+	return JSON_OK;
+}
+
 static int
 parse_body(const char *body, size_t len, yajl_val *tree, struct lb_error *err)
 {
+	char errbuf[128] = "";
 	char *copy;
 
 	*tree = NULL;
 	if (body == NULL || len == 0)
 		return lb_error_set(err, LB_ERR_BAD_REQUEST, "The request body must be a JSON object.",
 				    "empty body");
-	switch (json_check(body, len, BODY_MAX_DEPTH, true)) {
+	switch (body_prescan(body, len, BODY_MAX_DEPTH)) {
 	case JSON_OK:
 		break;
 	case JSON_NO_MEMORY:
@@ -606,19 +572,22 @@ parse_body(const char *body, size_t len, yajl_val *tree, struct lb_error *err)
 				    "The request body must not contain NUL characters.",
 				    "\\u0000 in body");
 	case JSON_INVALID:
-		return lb_error_set(err, LB_ERR_BAD_REQUEST, "The request body is not valid JSON.",
-				    "body is not valid JSON");
+		return invalid_body(err);
 	}
-	/* yajl_tree wants a C string; the check above refused raw NULs. */
+	/* yajl_tree wants a C string; the prescan refused raw NULs. */
 	copy = malloc(len + 1);
 	if (copy == NULL)
 		return out_of_memory(err);
 	memcpy(copy, body, len);
 	copy[len] = '\0';
-	*tree = yajl_tree_parse(copy, NULL, 0);
+	*tree = yajl_tree_parse(copy, errbuf, sizeof(errbuf));
 	free(copy);
-	if (*tree == NULL)
-		return out_of_memory(err);      /* it parsed a moment ago */
+	if (*tree == NULL) {
+		/* yajl_tree's callbacks cancel the parse only when out of memory. */
+		if (errbuf[0] == '\0' || strstr(errbuf, "cancel") != NULL)
+			return out_of_memory(err);
+		return invalid_body(err);
+	}
 	if (!YAJL_IS_OBJECT(*tree)) {
 		yajl_tree_free(*tree);
 		*tree = NULL;

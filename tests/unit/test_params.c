@@ -506,6 +506,35 @@ test_body_nul_and_depth(void)
 	free(body);
 }
 
+/* The one pass before the parse tells strings from structure: slashes,
+ * brackets and escapes inside strings are text; a comment outside is not
+ * JSON; the depth counts only structure. */
+static void
+test_body_strings_and_structure(void)
+{
+	struct param_def t = def("title", PARAM_IN_BODY, PT_TEXT);
+	char *body;
+
+	expect_bound(t, "", "{\"title\":\"http://x/*y*/\"}", "http://x/*y*/");
+	expect_bound(t, "", "{\"title\":\"a\\\"//[[{\"}", "a\"//[[{");
+	expect_bound(t, "", "{\"title\":\"\\\\\"}", "\\");
+	expect_bound(t, "", "{\"title\":\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"}",
+		     "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[");
+	expect_bind_error(t, "", "{\"title\":\"x\"}//c", LB_ERR_BAD_REQUEST, "The request body is not valid JSON.");
+	expect_bind_error(t, "", "{\"title\":/*c*/\"x\"}", LB_ERR_BAD_REQUEST,
+			  "The request body is not valid JSON.");
+	/* Brackets in strings do not count toward the depth: a string of
+	 * 40 '{' beside 63 nested arrays fits (64 levels). */
+	body = malloc(256);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(body);
+	snprintf(body, 256, "{\"title\":\"%.40s\",\"x\":%.63s%.63s}",
+		 "{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{",
+		 "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+		 "]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]");
+	expect_bound(t, "", body, "{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{");
+	free(body);
+}
+
 static void
 test_body_repeated_field(void)
 {
@@ -670,6 +699,7 @@ register_params_tests(void)
 	CU_add_test(s, "body: ignored without body params", test_body_ignored_without_body_params);
 	CU_add_test(s, "body: body_len is honoured", test_body_uses_body_len);
 	CU_add_test(s, "body: NUL and depth", test_body_nul_and_depth);
+	CU_add_test(s, "body: strings and structure", test_body_strings_and_structure);
 	CU_add_test(s, "body: repeated field", test_body_repeated_field);
 	CU_add_test(s, "body: missing, null, required", test_body_missing_null_required);
 	CU_add_test(s, "body: text", test_body_text);
