@@ -960,15 +960,27 @@ pool_acquire_as(struct pool *pool, const struct pool_source *source, struct pool
 	}
 }
 
+/*
+ * A returned connection due for renewal on a pool so busy that it is never
+ * idle for pool_renew: closed, so that the first waiter logs in with the
+ * new credential. Only in the second half of the renewal window (the first
+ * is left to pool_renew, off the request path), and only while no other
+ * login is under way in the pool: the pool loses one connection at a time
+ * to renewal, never all of them at once.
+ */
 static bool
-pool_has_waiters(struct pool *pool)
+close_for_renewal(struct pool *pool, const struct pool_conn *conn)
 {
-	bool waiters;
+	bool close;
 
+	if (!conn->newer_credential ||
+	    time(NULL) < conn->renew_at + (conn->cred_expires_at - conn->renew_at) / 2)
+		return false;
 	pthread_mutex_lock(&pool->lock);
-	waiters = pool->first_waiter != NULL;
+	/* Slots counted open but neither idle nor busy are being logged into. */
+	close = pool->first_waiter != NULL && pool->open - pool->nidle - pool->busy == 0;
 	pthread_mutex_unlock(&pool->lock);
-	return waiters;
+	return close;
 }
 
 /* Why a returned connection must be closed rather than kept, or NULL. */
@@ -994,8 +1006,8 @@ pool_release(struct pool *pool, struct pool_conn *conn, bool broken)
 	problem = release_problem(conn, broken);
 	if (problem == NULL && pool->retired)
 		problem = "evicted";
-	if (problem == NULL && conn->newer_credential && pool_has_waiters(pool))
-		problem = "renewed";   /* busy: never idle for pool_renew; a waiter logs in anew */
+	if (problem == NULL && close_for_renewal(pool, conn))
+		problem = "renewed";
 	if (problem != NULL) {
 		close_busy(pool, conn, problem);
 		return;
