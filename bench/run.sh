@@ -22,7 +22,8 @@
 #   --profile           also profile: perf (cpu-clock samples, whole host
 #                       and per function) during extra, unmeasured runs of
 #                       floor, user-1 and user-1000, and callgrind
-#                       instructions per request of floor and user-1
+#                       instructions per request of floor and user-1 (GET),
+#                       floor-post and post (the INSERT)
 #   --keep-stack        leave the stack running at the end
 #
 # Results: the table on stdout, raw files in /tmp/lb-bench/bench/
