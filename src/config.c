@@ -1402,7 +1402,9 @@ sql_token(struct sql_compiler *c, size_t i)
 		sql_copy(c, i, i + 2);
 		return i + 2;
 	}
-	if (s[i] == ':' && is_ident_start(s[i + 1]))
+	/* Not after a word: arr[1:n] and arr[lo:hi] are array slices (the
+	 * rule SQLAlchemy's text() uses; a bound after a word is arr[1: :n]). */
+	if (s[i] == ':' && is_ident_start(s[i + 1]) && !follows_word(s, i))
 		return sql_placeholder(c, i);
 	sql_copy(c, i, i + 1);
 	return i + 1;

@@ -940,6 +940,10 @@ test_sql_rewriting(void)
 	expect_sql("SELECT :a; -- done\n", P_A, "SELECT $1; -- done\n");
 	expect_sql("SELECT ';', :a", P_A, "SELECT ';', $1");
 	expect_sql("SELECT a$1 FROM t WHERE x = :a", P_A, "SELECT a$1 FROM t WHERE x = $1");
+	/* array slices: a colon right after a word is not a placeholder */
+	expect_sql("SELECT arr[1:n], arr[lo:hi], arr[2:3], arr[1: :a] FROM t", P_A,
+		   "SELECT arr[1:n], arr[lo:hi], arr[2:3], arr[1: $1] FROM t");
+	expect_sql("SELECT arr[:a]", P_A, "SELECT arr[$1]");
 	/* params end up ordered by position */
 	src = sql_config("GET", "SELECT :a, :b", P_AB);
 	cfg = load_ok(src, env_ok);
