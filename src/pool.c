@@ -971,16 +971,16 @@ pool_acquire_as(struct pool *pool, const struct pool_source *source, struct pool
 static bool
 close_for_renewal(struct pool *pool, const struct pool_conn *conn)
 {
-	bool close;
+	bool now_is_the_time;
 
 	if (!conn->newer_credential ||
 	    time(NULL) < conn->renew_at + (conn->cred_expires_at - conn->renew_at) / 2)
 		return false;
 	pthread_mutex_lock(&pool->lock);
 	/* Slots counted open but neither idle nor busy are being logged into. */
-	close = pool->first_waiter != NULL && pool->open - pool->nidle - pool->busy == 0;
+	now_is_the_time = pool->first_waiter != NULL && pool->open - pool->nidle - pool->busy == 0;
 	pthread_mutex_unlock(&pool->lock);
-	return close;
+	return now_is_the_time;
 }
 
 /* Why a returned connection must be closed rather than kept, or NULL. */

@@ -22,8 +22,8 @@
 #include "textfmt.h"
 
 #define HEADER_NAME_MAX 128
-/* Status line, Content-Type and Content-Length: room for them at once. */
-#define RESPONSE_HEADERS_TYPICAL 256	/* room for the usual headers at once */
+/* Room for the usual extra headers at once, instead of growing 64, 128... */
+#define RESPONSE_HEADERS_TYPICAL 256
 
 /* One scan of params for NAME: the first value, and how many there are. */
 static const char *
