@@ -38,6 +38,8 @@ struct pool_conn {
 	bool fresh;
 	bool server_error;        /* the server sent an error outside a query */
 	int statement_timeout_ms; /* as last set by the worker; -1 = server default */
+	unsigned char *prepared;  /* bitmap of the worker's prepared statements, by number */
+	size_t prepared_bytes;
 	const char *close_reason; /* while detached for closing */
 	struct pool_conn *next;   /* while detached for closing */
 };
@@ -431,12 +433,20 @@ unqueue_waiter_locked(struct pool *pool, struct pool_waiter *w)
 
 /* Closes a connection no longer counted as idle or busy; lock not held. */
 static void
+conn_free(struct pool_conn *conn)
+{
+	if (conn != NULL)
+		free(conn->prepared);
+	free(conn);
+}
+
+static void
 close_conn(const struct pool *pool, struct pool_conn *conn, const char *reason)
 {
 	log_debug("pool connection closed", "pool", pool->label, "reason", reason);
 	metrics_conn_closed(reason);
 	PQfinish(conn->pg);
-	free(conn);
+	conn_free(conn);
 }
 
 /* ---- the shared connection budget ---- */
@@ -815,6 +825,7 @@ conn_logged_in(struct pool_conn *conn, PGconn *pg, const struct credential *cred
 	conn->newer_credential = false;
 	conn->server_error = false;
 	conn->statement_timeout_ms = -1;
+	pool_conn_forget_prepared(conn);	/* a new session has none */
 	PQsetNoticeReceiver(pg, notice_receiver, conn);
 }
 
@@ -855,7 +866,7 @@ open_into_slot(struct pool *pool, const struct pool_source *source, struct pool_
 	return 0;
 fail:
 	credential_clear(&cred);
-	free(conn);
+	conn_free(conn);
 	slots_freed(pool, 1);
 	return -1;
 }
@@ -1048,6 +1059,36 @@ pool_conn_set_statement_timeout(struct pool_conn *conn, int timeout_ms)
 	conn->statement_timeout_ms = timeout_ms;
 }
 
+bool
+pool_conn_is_prepared(const struct pool_conn *conn, size_t n)
+{
+	return n / 8 < conn->prepared_bytes && (conn->prepared[n / 8] & (1u << (n % 8))) != 0;
+}
+
+int
+pool_conn_mark_prepared(struct pool_conn *conn, size_t n)
+{
+	size_t need = n / 8 + 1;
+	unsigned char *p;
+
+	if (need > conn->prepared_bytes) {
+		if ((p = realloc(conn->prepared, need)) == NULL)
+			return -1;
+		memset(p + conn->prepared_bytes, 0, need - conn->prepared_bytes);
+		conn->prepared = p;
+		conn->prepared_bytes = need;
+	}
+	conn->prepared[n / 8] |= (unsigned char)(1u << (n % 8));
+	return 0;
+}
+
+void
+pool_conn_forget_prepared(struct pool_conn *conn)
+{
+	if (conn->prepared != NULL)
+		memset(conn->prepared, 0, conn->prepared_bytes);
+}
+
 static const char *
 reap_reason(const struct pool *pool, const struct pool_conn *conn, time_t now, int64_t now_ms)
 {
@@ -1173,7 +1214,7 @@ pool_renew(struct pool *pool, const struct pool_source *source)
 		if (pg == NULL) {
 			credential_clear(&cred);
 			log_info("pool connection renewal failed: closed", "pool", pool->label, "detail", err.detail);
-			free(conn);
+			conn_free(conn);
 			busy_slot_freed(pool);
 			break;
 		}

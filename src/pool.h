@@ -116,6 +116,17 @@ bool pool_conn_is_fresh(const struct pool_conn *conn);
 int pool_conn_statement_timeout(const struct pool_conn *conn);
 void pool_conn_set_statement_timeout(struct pool_conn *conn, int timeout_ms);
 
+/*
+ * Which of the worker's prepared statements (by number: the route's index)
+ * this session has. A new connection, or a renewed one, has none. mark
+ * returns -1 when out of memory (not remembered: the caller's next prepare
+ * of that name fails, and it should forget and deallocate). forget: after
+ * DEALLOCATE ALL.
+ */
+bool pool_conn_is_prepared(const struct pool_conn *conn, size_t n);
+int pool_conn_mark_prepared(struct pool_conn *conn, size_t n);
+void pool_conn_forget_prepared(struct pool_conn *conn);
+
 /* Closes idle connections past idle_timeout_ms or past their credential's
  * expiry. Returns the number of connections still open. */
 int pool_reap(struct pool *pool);

@@ -305,7 +305,28 @@ test_route_defined_only_in_config() {
 	expect_header Cache-Control no-store
 }
 
+# Route statements are prepared once per connection. A schema change that
+# changes a route's result type makes PostgreSQL refuse the prepared
+# statement ("cached plan must not change result type", 0A000): the worker
+# prepares it again and the request succeeds. Sequential requests reuse
+# the same (most recently returned) connection.
+test_result_type_change_is_prepared_again() {
+	local changed
+	http GET '/api/todos?limit=1'
+	expect_status 200 || return
+	pg_admin_sql "ALTER TABLE app.todos ALTER COLUMN title TYPE varchar(200)" >/dev/null || return
+	http GET '/api/todos?limit=1'
+	changed=$HTTP_STATUS
+	pg_admin_sql "ALTER TABLE app.todos ALTER COLUMN title TYPE text" >/dev/null
+	expect_eq "$changed" 200 "the request after the type change"
+	http GET '/api/todos?limit=1'
+	expect_status 200 || return
+	expect_body_json . "$(jq -c '.[0:1]' <<<"$SEEDED_ROWS")"
+}
+
 run_test "rows: GET /api/todos lists the seeded rows, exactly, in order" test_list_returns_seeded_rows_in_order
+run_test "a result type changed by ALTER TABLE: the statement is prepared again, 200" \
+	test_result_type_change_is_prepared_again
 run_test "rows: ?limit=1 and ?limit=2 cut the list" test_list_limit_query_parameter
 run_test "rows: limit defaults to 50, ?limit=500 returns all 63" test_list_limit_default_50_and_max_500
 run_test "one: GET /api/todos/{id} is the row as an object" test_one_returns_the_row_as_an_object
