@@ -615,13 +615,16 @@ shm_wipe_secret(struct shm *s, uint32_t index, enum shm_secret_field field)
 	struct shm_slot *sl = shm_slot(s, index);
 	struct shm_secret *sec = shm_secret(s, index);
 
-	if (field == SHM_CRED) {
-		sl->cred_len = 0;
-		OPENSSL_cleanse(sec->cred, sizeof(sec->cred));
-	} else {
-		sl->bearer_len = 0;
-		OPENSSL_cleanse(sec->bearer, sizeof(sec->bearer));
-	}
+	char *buf = field == SHM_CRED ? sec->cred : sec->bearer;
+	uint32_t *lenp = field == SHM_CRED ? &sl->cred_len : &sl->bearer_len;
+	size_t len = *lenp < SHM_SECRET_CAP ? *lenp : SHM_SECRET_CAP;
+
+	/* The bytes past the length are zero already (a store clears the whole
+	 * field first; a torn one is wiped whole by recovery): wiping only the
+	 * secret leaves a never-used field's page untouched, which is 4 KB of
+	 * shared memory per lazy user. */
+	*lenp = 0;
+	OPENSSL_cleanse(buf, len);
 }
 
 /* ------------------------------------------------------------------ */
