@@ -618,6 +618,36 @@ test_eviction_wipes_secrets(void)
 	remove_path();
 }
 
+/* A wipe leaves the whole field zero, though it clears only the secret's
+ * bytes: a store clears the field first, so nothing lies past the length. */
+static void
+test_wipe_leaves_the_field_zero(void)
+{
+	static const char long_secret[] = "A-LONG-CREDENTIAL-0123456789-0123456789-0123456789-0123456789";
+	struct lb_error err;
+	struct shm *s;
+	int a;
+
+	fresh_path();
+	s = attach(4, &err);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+	shm_lock(s);
+	a = shm_insert(s, "a@example.com", FP_A, &err);
+	CU_ASSERT_FATAL(a >= 0);
+	CU_ASSERT_EQUAL(shm_store_secret(s, (uint32_t)a, SHM_CRED, long_secret, strlen(long_secret), NULL), 0);
+	CU_ASSERT_EQUAL(shm_store_secret(s, (uint32_t)a, SHM_CRED, "short", 5, NULL), 0);
+	shm_wipe_secret(s, (uint32_t)a, SHM_CRED);
+	CU_ASSERT_EQUAL(shm_slot(s, (uint32_t)a)->cred_len, 0);
+	CU_ASSERT_TRUE(bytes_all_zero(shm_secret(s, (uint32_t)a)->cred, SHM_SECRET_CAP));
+	/* A field never stored stays zero (and untouched). */
+	shm_wipe_secret(s, (uint32_t)a, SHM_BEARER);
+	CU_ASSERT_EQUAL(shm_slot(s, (uint32_t)a)->bearer_len, 0);
+	CU_ASSERT_TRUE(bytes_all_zero(shm_secret(s, (uint32_t)a)->bearer, SHM_SECRET_CAP));
+	shm_unlock(s);
+	shm_detach(s);
+	remove_path();
+}
+
 static void
 test_secret_over_capacity_is_refused(void)
 {
@@ -894,6 +924,7 @@ register_shm_tests(void)
 	CU_add_test(s, "futex wait/wake survives a killed waiter", test_wait_wake_survives_killed_waiter);
 	CU_add_test(s, "LRU eviction skips slots being refreshed", test_eviction_lru_skips_refreshing_slots);
 	CU_add_test(s, "eviction and overwrite wipe secrets", test_eviction_wipes_secrets);
+	CU_add_test(s, "a wipe leaves the whole field zero", test_wipe_leaves_the_field_zero);
 	CU_add_test(s, "a secret over capacity is refused, never truncated", test_secret_over_capacity_is_refused);
 	CU_add_test(s, "stale claims (dead or overdue) taken over", test_stale_claims_are_taken_over);
 	CU_add_test(s, "host connection budget, dead process reclaimed", test_host_connection_budget);
