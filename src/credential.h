@@ -22,7 +22,7 @@
  * credential meanwhile (the user's token is kept for that mint only).
  * Callers wait for a mint only when no valid credential exists. Create the
  * cache in the process that uses it (after any fork): its background
- * thread does not survive a fork.
+ * threads do not survive a fork.
  */
 #ifndef LB_CREDENTIAL_H
 #define LB_CREDENTIAL_H

@@ -4,8 +4,8 @@
  * Values come from the matched path, the query string and a JSON object
  * body. Each is checked against its definition (type, required, default,
  * min, max, max_length) and converted to the text form PostgreSQL parses
- * for the parameter's type; the worker binds them with PQexecParams, never
- * by splicing them into SQL. A missing, ill-typed or repeated
+ * for the parameter's type; the worker binds them as parameters of the
+ * route's prepared statement, never by splicing them into SQL. A missing, ill-typed or repeated
  * (?id=1&id=2) parameter is LB_ERR_INVALID_PARAM with a message naming it.
  * Query parameters the route does not define are ignored.
  */

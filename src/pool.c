@@ -431,7 +431,6 @@ unqueue_waiter_locked(struct pool *pool, struct pool_waiter *w)
 		pool->last_waiter = prev;
 }
 
-/* Closes a connection no longer counted as idle or busy; lock not held. */
 static void
 conn_free(struct pool_conn *conn)
 {
@@ -440,6 +439,7 @@ conn_free(struct pool_conn *conn)
 	free(conn);
 }
 
+/* Closes a connection no longer counted as idle or busy; lock not held. */
 static void
 close_conn(const struct pool *pool, struct pool_conn *conn, const char *reason)
 {

@@ -120,8 +120,7 @@ void pool_conn_set_statement_timeout(struct pool_conn *conn, int timeout_ms);
  * Which of the worker's prepared statements (by number: the route's index)
  * this session has. A new connection, or a renewed one, has none. mark
  * returns -1 when out of memory (not remembered: the caller's next prepare
- * of that name fails, and it should forget and deallocate). forget: after
- * DEALLOCATE ALL.
+ * of that name finds it exists, 42P05). forget: after DEALLOCATE ALL.
  */
 bool pool_conn_is_prepared(const struct pool_conn *conn, size_t n);
 int pool_conn_mark_prepared(struct pool_conn *conn, size_t n);

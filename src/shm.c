@@ -581,14 +581,23 @@ test_hold_lock(struct shm *s, uint32_t index)
 }
 #endif
 
+/* One secret field of a slot: its bytes, and in *lenp its length. */
+static char *
+secret_field(struct shm *s, uint32_t index, enum shm_secret_field field, uint32_t **lenp)
+{
+	struct shm_slot *sl = shm_slot(s, index);
+	struct shm_secret *sec = shm_secret(s, index);
+
+	*lenp = field == SHM_CRED ? &sl->cred_len : &sl->bearer_len;
+	return field == SHM_CRED ? sec->cred : sec->bearer;
+}
+
 int
 shm_store_secret(struct shm *s, uint32_t index, enum shm_secret_field field,
 		 const char *value, size_t len, struct lb_error *err)
 {
-	struct shm_slot *sl = shm_slot(s, index);
-	struct shm_secret *sec = shm_secret(s, index);
-	char *buf = field == SHM_CRED ? sec->cred : sec->bearer;
-	uint32_t *lenp = field == SHM_CRED ? &sl->cred_len : &sl->bearer_len;
+	uint32_t *lenp;
+	char *buf = secret_field(s, index, field, &lenp);
 	size_t half;
 
 	if (len > SHM_SECRET_CAP) {
@@ -612,11 +621,8 @@ shm_store_secret(struct shm *s, uint32_t index, enum shm_secret_field field,
 void
 shm_wipe_secret(struct shm *s, uint32_t index, enum shm_secret_field field)
 {
-	struct shm_slot *sl = shm_slot(s, index);
-	struct shm_secret *sec = shm_secret(s, index);
-
-	char *buf = field == SHM_CRED ? sec->cred : sec->bearer;
-	uint32_t *lenp = field == SHM_CRED ? &sl->cred_len : &sl->bearer_len;
+	uint32_t *lenp;
+	char *buf = secret_field(s, index, field, &lenp);
 	size_t len = *lenp < SHM_SECRET_CAP ? *lenp : SHM_SECRET_CAP;
 
 	/* The bytes past the length are zero already (a store clears the whole

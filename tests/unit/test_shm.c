@@ -634,12 +634,12 @@ test_wipe_leaves_the_field_zero(void)
 	shm_lock(s);
 	a = shm_insert(s, "a@example.com", FP_A, &err);
 	CU_ASSERT_FATAL(a >= 0);
-	CU_ASSERT_EQUAL(shm_store_secret(s, (uint32_t)a, SHM_CRED, long_secret, strlen(long_secret), NULL), 0);
-	CU_ASSERT_EQUAL(shm_store_secret(s, (uint32_t)a, SHM_CRED, "short", 5, NULL), 0);
+	give_credential(s, a, long_secret);
+	give_credential(s, a, "short");
 	shm_wipe_secret(s, (uint32_t)a, SHM_CRED);
 	CU_ASSERT_EQUAL(shm_slot(s, (uint32_t)a)->cred_len, 0);
 	CU_ASSERT_TRUE(bytes_all_zero(shm_secret(s, (uint32_t)a)->cred, SHM_SECRET_CAP));
-	/* A field never stored stays zero (and untouched). */
+	/* Wiping a field never stored leaves it zero. */
 	shm_wipe_secret(s, (uint32_t)a, SHM_BEARER);
 	CU_ASSERT_EQUAL(shm_slot(s, (uint32_t)a)->bearer_len, 0);
 	CU_ASSERT_TRUE(bytes_all_zero(shm_secret(s, (uint32_t)a)->bearer, SHM_SECRET_CAP));
