@@ -96,13 +96,20 @@ log_parse_level(const char *name, enum log_level *out)
 	return -1;
 }
 
+/* Bytes a logfmt value may hold without quotes. */
+static bool
+is_bare(unsigned char c)
+{
+	return c > ' ' && c < 0x7f && c != '"' && c != '=' && c != '\\';
+}
+
 static bool
 needs_quotes(const char *v)
 {
 	if (*v == '\0')
 		return true;
 	for (const unsigned char *p = (const unsigned char *)v; *p; p++) {
-		if (*p <= ' ' || *p == '"' || *p == '=' || *p == '\\' || *p >= 0x7f)
+		if (!is_bare(*p))
 			return true;
 	}
 	return false;
@@ -198,6 +205,22 @@ shown(const char *value, struct strbuf *scratch)
 	return strbuf_failed(scratch) ? "[email]" : scratch->data;
 }
 
+/* A value of the line: the usual bare one (no '@' either) copied after a
+ * single pass, any other masked (emails) and quoted. `scratch` holds a
+ * masked copy. */
+static void
+append_field(struct strbuf *sb, const char *v, struct strbuf *scratch)
+{
+	const unsigned char *p = (const unsigned char *)v;
+
+	while (is_bare(*p) && *p != '@')	/* NUL is not bare */
+		p++;
+	if (*p == '\0' && p != (const unsigned char *)v)
+		strbuf_append(sb, v, (size_t)(p - (const unsigned char *)v));
+	else
+		append_value(sb, shown(v, scratch));
+}
+
 static void
 logfmt_line(struct strbuf *sb, const char *ts, const char *level, const char *msg, va_list ap)
 {
@@ -212,7 +235,7 @@ logfmt_line(struct strbuf *sb, const char *ts, const char *level, const char *ms
 	strbuf_append(sb, " pid=", 5);
 	strbuf_append_str(sb, pid_text());
 	strbuf_append(sb, " msg=", 5);
-	append_value(sb, shown(msg, &scratch));
+	append_field(sb, msg, &scratch);
 	while ((key = va_arg(ap, const char *)) != NULL) {
 		value = va_arg(ap, const char *);
 		if (value == NULL)
@@ -220,7 +243,7 @@ logfmt_line(struct strbuf *sb, const char *ts, const char *level, const char *ms
 		strbuf_append(sb, " ", 1);
 		strbuf_append_str(sb, key);
 		strbuf_append(sb, "=", 1);
-		append_value(sb, shown(value, &scratch));
+		append_field(sb, value, &scratch);
 	}
 	strbuf_free(&scratch, false);
 	strbuf_append(sb, "\n", 1);

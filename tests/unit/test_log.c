@@ -72,6 +72,36 @@ test_log_user_keeps_emails(void)
 	free(line);
 }
 
+/* The forms of a logfmt value: bare, masked, quoted, escaped. */
+static void
+expect_detail(bool redact, const char *detail, const char *shown)
+{
+	char *line = capture(LOG_FMT_LOGFMT, redact, detail);
+	char want[256];
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(line);
+	snprintf(want, sizeof(want), " detail=%s\n", shown);
+	CU_ASSERT_PTR_NOT_NULL(strstr(line, want));
+	if (strstr(line, want) == NULL)
+		fprintf(stderr, "\nexpected '%s' in: %s", want, line);
+	free(line);
+}
+
+static void
+test_logfmt_value_forms(void)
+{
+	expect_detail(true, "plain-value_1.2:3/4", "plain-value_1.2:3/4");
+	expect_detail(true, "bob@example.com", "[email]");
+	expect_detail(false, "bob@example.com", "bob@example.com");
+	expect_detail(true, "a@", "a@");
+	expect_detail(true, "", "\"\"");
+	expect_detail(true, "two words", "\"two words\"");
+	expect_detail(true, "k=v", "\"k=v\"");
+	expect_detail(true, "say \"hi\" \\o/", "\"say \\\"hi\\\" \\\\o/\"");
+	expect_detail(true, "line\nbreak\x7f", "\"line\\x0abreak\\x7f\"");
+	expect_detail(true, "caf\xc3\xa9", "\"caf\xc3\xa9\"");
+}
+
 static void
 test_json_lines_parse(void)
 {
@@ -174,6 +204,7 @@ register_log_tests(void)
 
 	CU_add_test(s, "logfmt: emails masked by default", test_logfmt_masks_emails_by_default);
 	CU_add_test(s, "log_user: emails kept", test_log_user_keeps_emails);
+	CU_add_test(s, "logfmt: bare, masked, quoted and escaped values", test_logfmt_value_forms);
 	CU_add_test(s, "json: one object per line, numbers for status", test_json_lines_parse);
 	CU_add_test(s, "masking edges", test_redaction_edges);
 	CU_add_test(s, "timestamp format; a forked child logs its own pid", test_timestamp_and_pid_after_fork);
