@@ -19,13 +19,17 @@
 
 #define MSG_UNAUTHENTICATED "Authentication required: this resource needs the user's identity."
 
-/* Trimmed copy of a header value; NULL if absent or blank. */
-static char *
-trimmed_copy(const char *value)
+/*
+ * A header value without surrounding blanks: the value itself when it has
+ * none (as nginx and Apache pass them), else a trimmed copy in *copy.
+ * NULL if absent or blank, or if the copy cannot be made.
+ */
+static const char *
+trimmed(const char *value, char **copy)
 {
 	const char *end;
-	char *copy;
 
+	*copy = NULL;
 	if (value == NULL)
 		return NULL;
 	while (*value == ' ' || *value == '\t')
@@ -35,8 +39,10 @@ trimmed_copy(const char *value)
 		end--;
 	if (end == value)
 		return NULL;
-	copy = strndup(value, (size_t)(end - value));
-	return copy;
+	if (*end == '\0')
+		return value;
+	*copy = strndup(value, (size_t)(end - value));
+	return *copy;
 }
 
 static bool
@@ -51,19 +57,17 @@ is_printable_ascii(const char *s)
 
 /* Takes one identity header: present once, not blank. */
 static int
-take_header(const struct http_request *req, const char *name, char **out, struct lb_error *err)
+take_header(const struct header_lookup *h, const char **out, char **copy, struct lb_error *err)
 {
-	int count;
-	const char *value = request_header(req, name, &count);
-
 	*out = NULL;
-	if (count > 1)
+	*copy = NULL;
+	if (h->count > 1)
 		return lb_error_set(err, LB_ERR_BAD_REQUEST, "An identity header was sent more than once.",
-				    "header %s repeated %d times", name, count);
-	*out = trimmed_copy(value);
+				    "header %s repeated %d times", h->name, h->count);
+	*out = trimmed(h->value, copy);
 	if (*out == NULL)
 		return lb_error_set(err, LB_ERR_UNAUTHENTICATED, MSG_UNAUTHENTICATED, "header %s missing or blank",
-				    name);
+				    h->name);
 	return 0;
 }
 
@@ -96,20 +100,22 @@ int
 identity_from_request(const struct lb_config *cfg, const struct http_request *req, enum auth_mode mode,
 		      struct request_identity *out, struct lb_error *err)
 {
+	struct header_lookup h[2] = { { .name = cfg->email_header }, { .name = cfg->token_header } };
+
 	memset(out, 0, sizeof(*out));
 	if (mode == AUTH_SERVICE_PRINCIPAL) {
 		identity_sp(&out->id);
 		return 0;
 	}
-	if (cfg->development_mode && request_header(req, cfg->email_header, NULL) == NULL &&
-	    request_header(req, cfg->token_header, NULL) == NULL) {
+	request_headers(req, h, 2);
+	if (cfg->development_mode && h[0].count == 0 && h[1].count == 0) {
 		warn_development_fallback();
 		identity_sp(&out->id);
 		out->development_fallback = true;
 		return 0;
 	}
-	if (take_header(req, cfg->email_header, &out->email, err) != 0 ||
-	    take_header(req, cfg->token_header, &out->token, err) != 0 || check_values(out, err) != 0) {
+	if (take_header(&h[0], &out->email, &out->email_copy, err) != 0 ||
+	    take_header(&h[1], &out->token, &out->token_copy, err) != 0 || check_values(out, err) != 0) {
 		request_identity_free(out);
 		return -1;
 	}
@@ -120,10 +126,10 @@ identity_from_request(const struct lb_config *cfg, const struct http_request *re
 void
 request_identity_free(struct request_identity *ri)
 {
-	free(ri->email);
-	if (ri->token != NULL) {
-		OPENSSL_cleanse(ri->token, strlen(ri->token));
-		free(ri->token);
+	free(ri->email_copy);
+	if (ri->token_copy != NULL) {
+		OPENSSL_cleanse(ri->token_copy, strlen(ri->token_copy));
+		free(ri->token_copy);
 	}
 	memset(ri, 0, sizeof(*ri));
 }

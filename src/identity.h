@@ -19,10 +19,18 @@
 #include "error.h"
 #include "request.h"
 
+/*
+ * The values point into the request's parameters, which outlive the
+ * identity (it is freed before the request), or into the copies made when
+ * a value had to be trimmed. The token is a secret: its copy is wiped on
+ * free; the parameters are libfcgi's.
+ */
 struct request_identity {
-	struct identity id;       /* email and token point into `email`/`token` */
-	char *email;              /* trimmed copy */
-	char *token;              /* trimmed copy; a secret, wiped on free */
+	struct identity id;       /* email and token point at `email`/`token` */
+	const char *email;
+	const char *token;
+	char *email_copy;         /* owned; NULL unless the email was trimmed */
+	char *token_copy;         /* owned; NULL unless the token was trimmed */
 	bool development_fallback; /* no user headers: served as the SP (dev mode) */
 };
 

@@ -21,7 +21,6 @@
 #include "request.h"
 #include "textfmt.h"
 
-#define HEADER_NAME_MAX 128
 /* Room for the usual extra headers at once, instead of growing 64, 128... */
 #define RESPONSE_HEADERS_TYPICAL 256
 
@@ -56,34 +55,63 @@ request_param(const struct http_request *req, const char *name)
 	return find_param(req->params, name, NULL);
 }
 
-/* "X-Forwarded-Email" -> "HTTP_X_FORWARDED_EMAIL"; false if too long. */
-static bool
-header_param_name(const char *name, char *key, size_t keylen)
+/*
+ * The value of header `name` ("X-Forwarded-Email") if `param` is its CGI
+ * parameter ("HTTP_X_FORWARDED_EMAIL=value"), else NULL. Compared in place,
+ * uppercased and '-' read as '_', so a lookup builds no key.
+ */
+static const char *
+header_param_value(const char *param, const char *name)
 {
-	size_t n = strlen(name);
+	const char *p = param + 5;	/* past "HTTP_", checked by the caller */
 
-	if (n == 0 || n + 6 > keylen)
-		return false;
-	memcpy(key, "HTTP_", 5);
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)name[i];
-		key[5 + i] = c == '-' ? '_' : (char)toupper(c);
+	for (; *name != '\0'; p++, name++) {
+		unsigned char c = (unsigned char)*name;
+		char want = c == '-' ? '_' : (char)(c >= 'a' && c <= 'z' ? c - 'a' + 'A' : c);
+
+		if (*p != want)
+			return NULL;
 	}
-	key[5 + n] = '\0';
-	return true;
+	return *p == '=' ? p + 1 : NULL;
+}
+
+static bool
+is_header_param(const char *param)
+{
+	return param[0] == 'H' && param[1] == 'T' && param[2] == 'T' && param[3] == 'P' && param[4] == '_';
+}
+
+void
+request_headers(const struct http_request *req, struct header_lookup *h, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		h[i].value = NULL;
+		h[i].count = 0;
+	}
+	for (char **e = req->params; e != NULL && *e != NULL; e++) {
+		if (!is_header_param(*e))
+			continue;
+		for (size_t i = 0; i < n; i++) {
+			const char *value = *h[i].name != '\0' ? header_param_value(*e, h[i].name) : NULL;
+
+			if (value != NULL) {
+				if (h[i].count++ == 0)
+					h[i].value = value;
+				break;
+			}
+		}
+	}
 }
 
 const char *
 request_header(const struct http_request *req, const char *name, int *count)
 {
-	char key[HEADER_NAME_MAX + sizeof("HTTP_")];
+	struct header_lookup h = { .name = name };
 
-	if (!header_param_name(name, key, sizeof(key))) {
-		if (count != NULL)
-			*count = 0;
-		return NULL;
-	}
-	return find_param(req->params, key, count);
+	request_headers(req, &h, 1);
+	if (count != NULL)
+		*count = h.count;
+	return h.value;
 }
 
 /*
@@ -170,42 +198,58 @@ struct cgi_params {
 	const char *method, *query, *content_type, *content_length;
 };
 
+/* Takes `param` as the value of NAME if it is "NAME=..." (first one wins). */
+#define TAKE(param, name, field) take_param((param), (name), sizeof(name) - 1, &(field))
+
+static bool
+take_param(const char *param, const char *name, size_t len, const char **field)
+{
+	if (*field != NULL || strncmp(param, name, len) != 0 || param[len] != '=')
+		return false;
+	*field = param + len + 1;
+	return true;
+}
+
 /*
  * One pass instead of a lookup each (every lookup is a scan of all the
- * parameters, ~25 under nginx). The first occurrence wins, as with
+ * parameters, ~25 under nginx), dispatched on the first letter so most
+ * parameters cost one comparison. The first occurrence wins, as with
  * FCGX_GetParam.
  */
 static void
 read_cgi_params(char **envp, struct cgi_params *p)
 {
-#define WANT(name, field) { name, sizeof(name) - 1, &p->field }
-	const struct {
-		const char *name;
-		size_t len;
-		const char **value;
-	} wanted[] = {
-		WANT("REQUEST_URI", request_uri),
-		WANT("REQUEST_METHOD", method),
-		WANT("QUERY_STRING", query),
-		WANT("CONTENT_TYPE", content_type),
-		WANT("CONTENT_LENGTH", content_length),
-		WANT("HTTP_X_REQUEST_ID", request_id),
-		WANT("SCRIPT_NAME", script_name),
-		WANT("PATH_INFO", path_info),
-	};
-#undef WANT
-
 	memset(p, 0, sizeof(*p));
 	for (char **e = envp; e != NULL && *e != NULL; e++) {
-		for (size_t i = 0; i < sizeof(wanted) / sizeof(wanted[0]); i++) {
-			if (**e == wanted[i].name[0] && *wanted[i].value == NULL &&
-			    strncmp(*e, wanted[i].name, wanted[i].len) == 0 && (*e)[wanted[i].len] == '=') {
-				*wanted[i].value = *e + wanted[i].len + 1;
-				break;
-			}
+		const char *s = *e;
+
+		switch (s[0]) {
+		case 'C':
+			(void)(TAKE(s, "CONTENT_TYPE", p->content_type) ||
+			       TAKE(s, "CONTENT_LENGTH", p->content_length));
+			break;
+		case 'H':
+			(void)TAKE(s, "HTTP_X_REQUEST_ID", p->request_id);
+			break;
+		case 'P':
+			(void)TAKE(s, "PATH_INFO", p->path_info);
+			break;
+		case 'Q':
+			(void)TAKE(s, "QUERY_STRING", p->query);
+			break;
+		case 'R':
+			(void)(TAKE(s, "REQUEST_URI", p->request_uri) ||
+			       TAKE(s, "REQUEST_METHOD", p->method));
+			break;
+		case 'S':
+			(void)TAKE(s, "SCRIPT_NAME", p->script_name);
+			break;
+		default:
+			break;
 		}
 	}
 }
+#undef TAKE
 
 /* The request path: REQUEST_URI up to '?' (nginx, Apache), else
  * SCRIPT_NAME + PATH_INFO (servers that omit REQUEST_URI). */

@@ -43,6 +43,14 @@ const char *request_param(const struct http_request *req, const char *name);
  * (a header sent twice, in any letter case, is two parameters). */
 const char *request_header(const struct http_request *req, const char *name, int *count);
 
+/* Several headers found in one pass over the parameters, each as above. */
+struct header_lookup {
+	const char *name;	/* in: the HTTP name */
+	const char *value;	/* out: the first value, NULL if absent */
+	int count;		/* out: how many times it reached us */
+};
+void request_headers(const struct http_request *req, struct header_lookup *h, size_t n);
+
 /*
  * Fills req from a FastCGI request: path from REQUEST_URI (or SCRIPT_NAME +
  * PATH_INFO), reads a body of at most max_body bytes (LB_ERR_PAYLOAD_TOO_LARGE

@@ -48,12 +48,21 @@ test_both_headers_trimmed(void)
 	/* SHA-256("tok-1"), as `printf tok-1 | sha256sum` prints it. */
 	CU_ASSERT_EQUAL(memcmp(ri.id.token_fp, TOK1_SHA256, TOKEN_FP_LEN), 0);
 
+	/* Trimmed values are copies the identity owns... */
+	CU_ASSERT_PTR_EQUAL(ri.email, ri.email_copy);
+	CU_ASSERT_PTR_EQUAL(ri.token, ri.token_copy);
+
 	/* The fingerprint binds the token: another token, another key. */
 	{
 		const char *env2[] = { "HTTP_X_FORWARDED_EMAIL=alice@example.com",
 				       "HTTP_X_FORWARDED_ACCESS_TOKEN=tok-2", NULL };
 		CU_ASSERT_EQUAL_FATAL(extract(env2, false, &other, &err), 0);
 		CU_ASSERT_NOT_EQUAL(memcmp(ri.id.token_fp, other.id.token_fp, TOKEN_FP_LEN), 0);
+		/* ...values that need no trimming are the parameters themselves. */
+		CU_ASSERT_PTR_EQUAL(other.email, env2[0] + strlen("HTTP_X_FORWARDED_EMAIL="));
+		CU_ASSERT_PTR_EQUAL(other.token, env2[1] + strlen("HTTP_X_FORWARDED_ACCESS_TOKEN="));
+		CU_ASSERT_PTR_NULL(other.email_copy);
+		CU_ASSERT_PTR_NULL(other.token_copy);
 		request_identity_free(&other);
 	}
 	request_identity_free(&ri);

@@ -35,6 +35,32 @@ test_header_first_value_and_count(void)
 	CU_ASSERT_EQUAL(count, 0);
 }
 
+/* Several headers in one pass: each its own first value and count; a
+ * parameter counts for the first name it is. */
+static void
+test_headers_in_one_pass(void)
+{
+	const char *env[] = { "HTTP_HOST=h", "HTTP_X_FORWARDED_ACCESS_TOKEN=t1", "HTTPS=on",
+			      "HTTP_X_FORWARDED_EMAIL=a@example.com", "HTTP_=x", "HTTP",
+			      "HTTP_X_FORWARDED_ACCESS_TOKEN=t2", NULL };
+	struct http_request req = { .params = (char **)env };
+	struct header_lookup h[3] = { { .name = "X-Forwarded-Email" }, { .name = "x-forwarded-access-token" },
+				      { .name = "X-Missing" } };
+
+	request_headers(&req, h, 3);
+	CU_ASSERT_STRING_EQUAL(h[0].value, "a@example.com");
+	CU_ASSERT_EQUAL(h[0].count, 1);
+	CU_ASSERT_STRING_EQUAL(h[1].value, "t1");
+	CU_ASSERT_EQUAL(h[1].count, 2);
+	CU_ASSERT_PTR_NULL(h[2].value);
+	CU_ASSERT_EQUAL(h[2].count, 0);
+	/* An empty name matches nothing, not "HTTP_=". */
+	h[0].name = "";
+	request_headers(&req, h, 1);
+	CU_ASSERT_PTR_NULL(h[0].value);
+	CU_ASSERT_EQUAL(h[0].count, 0);
+}
+
 static bool
 is_request_id(const char *id)
 {
@@ -170,6 +196,7 @@ register_request_tests(void)
 	CU_pSuite s = CU_add_suite("request", NULL, NULL);
 
 	CU_add_test(s, "headers: first value, repeat count, case of the name", test_header_first_value_and_count);
+	CU_add_test(s, "headers: several in one pass", test_headers_in_one_pass);
 	CU_add_test(s, "fill: every parameter, the first occurrence wins", test_fill_from_params);
 	CU_add_test(s, "fill: defaults, SCRIPT_NAME + PATH_INFO, bad lengths", test_fill_defaults_and_fallbacks);
 	CU_add_test(s, "request ids: 32 hex, unique per thread, across threads, after fork",
