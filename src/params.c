@@ -719,15 +719,20 @@ bind_body(const struct param_def *def, yajl_val v, char **slot, struct lb_error 
 	return wrong_type(err, def);
 }
 
+/* Frees each of count values, and the array unless it is `inline_array`. */
 static void
-free_values(char **values, size_t count)
+free_values(char **values, size_t count, char **inline_array)
 {
 	if (values == NULL)
 		return;
 	for (size_t i = 0; i < count; i++)
 		free(values[i]);
-	free(values);
+	if (values != inline_array)
+		free(values);
 }
+
+/* A route's query values are collected on the stack when they fit. */
+#define INLINE_QUERY_VALUES 16
 
 /*
  * Errors are reported in a fixed order: the query string (repeats, bad
@@ -738,13 +743,13 @@ params_bind(const struct route *route, char *const *path_values, const char *que
 	    const char *body, size_t body_len, struct bound_params *out, struct lb_error *err)
 {
 	size_t n = route->nparams;
-	char **query = NULL;
+	char *query_inline[INLINE_QUERY_VALUES] = { NULL };
+	char **query = n <= INLINE_QUERY_VALUES ? query_inline : calloc(n, sizeof(*query));
 	yajl_val tree = NULL;
 	int rc = -1;
 
 	out->count = 0;
 	out->values = calloc(n ? n : 1, sizeof(*out->values));
-	query = calloc(n ? n : 1, sizeof(*query));
 	if (out->values == NULL || query == NULL) {
 		out_of_memory(err);
 		goto done;
@@ -777,7 +782,7 @@ params_bind(const struct route *route, char *const *path_values, const char *que
 	}
 	rc = 0;
 done:
-	free_values(query, n);
+	free_values(query, n, query_inline);
 	yajl_tree_free(tree);
 	if (rc < 0)
 		bound_params_free(out);
@@ -789,7 +794,7 @@ bound_params_free(struct bound_params *bp)
 {
 	if (bp == NULL)
 		return;
-	free_values(bp->values, bp->count);
+	free_values(bp->values, bp->count, NULL);
 	bp->values = NULL;
 	bp->count = 0;
 }

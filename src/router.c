@@ -20,18 +20,27 @@ struct decoded_segment {
 	size_t len;
 };
 
-/* The request path, decoded: segments point into `buf`. */
+/* Room on the stack for the usual path; longer ones are allocated. */
+#define INLINE_PATH_BYTES 256
+#define INLINE_SEGMENTS 16
+
+/* The request path, decoded: segments point into `buf`, and `buf` and
+ * `segs` into the inline arrays when the path fits them. */
 struct decoded_path {
 	char *buf;
 	struct decoded_segment *segs;
 	size_t nsegs;
+	char inline_buf[INLINE_PATH_BYTES];
+	struct decoded_segment inline_segs[INLINE_SEGMENTS];
 };
 
 static void
 decoded_path_free(struct decoded_path *dp)
 {
-	free(dp->buf);
-	free(dp->segs);
+	if (dp->buf != dp->inline_buf)
+		free(dp->buf);
+	if (dp->segs != dp->inline_segs)
+		free(dp->segs);
 	dp->buf = NULL;
 	dp->segs = NULL;
 	dp->nsegs = 0;
@@ -70,9 +79,9 @@ decode_path(const char *path, struct decoded_path *dp)
 	for (i = 0; i < len; i++)
 		if (path[i] == '/')
 			n++;
-	dp->segs = calloc(n, sizeof(*dp->segs));
+	dp->segs = n <= INLINE_SEGMENTS ? dp->inline_segs : calloc(n, sizeof(*dp->segs));
 	/* Each segment decodes to at most its own length plus a NUL. */
-	dp->buf = malloc(len + 1);
+	dp->buf = len < INLINE_PATH_BYTES ? dp->inline_buf : malloc(len + 1);
 	if (dp->segs == NULL || dp->buf == NULL)
 		goto fail;
 

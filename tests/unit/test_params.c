@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "params.h"
+#include "strbuf.h"
 #include "unit.h"
 
 static struct param_def
@@ -418,6 +419,37 @@ test_values_in_position_order(void)
 	bound_params_free(&bp);
 }
 
+/* More query parameters than params_bind collects on the stack (16). */
+static void
+test_many_query_params(void)
+{
+	static char names[20][8];
+	struct param_def p[20];
+	struct route r;
+	struct bound_params bp;
+	struct lb_error err;
+	struct strbuf qs;
+
+	strbuf_init(&qs);
+	for (int i = 0; i < 20; i++) {
+		snprintf(names[i], sizeof(names[i]), "q%d", i);
+		p[i] = def(names[i], PARAM_IN_QUERY, PT_INT);
+		if (i % 2 == 0)
+			strbuf_appendf(&qs, "%sq%d=%d", qs.len ? "&" : "", i, i * 10);
+	}
+	r = route_of(p, 20);
+	CU_ASSERT_EQUAL_FATAL(bind(&r, NULL, qs.data, NULL, &bp, &err), 0);
+	CU_ASSERT_EQUAL(bp.count, 20);
+	CU_ASSERT_STRING_EQUAL(bp.values[18], "180");
+	CU_ASSERT_PTR_NULL(bp.values[19]);
+	bound_params_free(&bp);
+	/* A repeated one, past the stack's room, is still refused. */
+	strbuf_append_str(&qs, "&q18=1");
+	CU_ASSERT_EQUAL(bind(&r, NULL, qs.data, NULL, &bp, &err), -1);
+	bound_params_free(&bp);
+	strbuf_free(&qs, false);
+}
+
 /* ---- the body ------------------------------------------------------------ */
 
 static void
@@ -695,6 +727,7 @@ register_params_tests(void)
 	CU_add_test(s, "query: malformed escape", test_query_malformed_escape);
 	CU_add_test(s, "missing: default, required, NULL", test_missing_default_required);
 	CU_add_test(s, "values in $n order", test_values_in_position_order);
+	CU_add_test(s, "query: more parameters than the stack holds", test_many_query_params);
 	CU_add_test(s, "body: must be a JSON object", test_body_must_be_object);
 	CU_add_test(s, "body: ignored without body params", test_body_ignored_without_body_params);
 	CU_add_test(s, "body: body_len is honoured", test_body_uses_body_len);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "router.h"
+#include "strbuf.h"
 #include "textfmt.h"
 #include "unit.h"
 
@@ -178,6 +179,31 @@ test_params_captured_decoded_once(void)
 	free(v);
 }
 
+/* Paths past the router's inline room (256 bytes, 16 segments) match and
+ * capture the same. */
+static void
+test_long_paths(void)
+{
+	char path[1200], *v;
+	struct strbuf many;
+
+	memcpy(path, "/api/todos/", 11);
+	memset(path + 11, 'x', 1000);
+	path[1011] = '\0';
+	v = captured(path, 0);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(v);
+	CU_ASSERT_EQUAL(strlen(v), 1000);
+	CU_ASSERT_EQUAL(strspn(v, "x"), 1000);
+	free(v);
+	strbuf_init(&many);
+	strbuf_append_str(&many, "/api/todos");
+	for (int i = 0; i < 20; i++)
+		strbuf_append_str(&many, "/s");
+	CU_ASSERT_EQUAL(status_of("GET", many.data), ROUTER_NOT_FOUND);
+	strbuf_free(&many, false);
+	CU_ASSERT_EQUAL(status_of("GET", "/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/r/s/t/u/%zz"), ROUTER_NOT_FOUND);
+}
+
 static void
 test_params_land_at_their_index(void)
 {
@@ -285,6 +311,7 @@ register_router_tests(void)
 	CU_add_test(s, "malformed paths refused", test_malformed_paths_refused);
 	CU_add_test(s, "params captured, decoded once", test_params_captured_decoded_once);
 	CU_add_test(s, "params land at their index", test_params_land_at_their_index);
+	CU_add_test(s, "long paths: past the inline room", test_long_paths);
 	CU_add_test(s, "first route in config order wins", test_first_route_in_config_order_wins);
 	CU_add_test(s, "405 lists the allowed methods", test_method_not_allowed_lists_methods);
 	CU_add_test(s, "url_decode", test_url_decode);
