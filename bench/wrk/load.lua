@@ -9,7 +9,7 @@
 --   BENCH_FIRST   number of the first user (default 1)
 --   BENCH_DIST    rr (round robin, default) or zipf (popularity ~ 1/rank^s)
 --   BENCH_ZIPF_S  the Zipf exponent (default 1.1)
---   BENCH_THREADS wrk's -t, so threads start at different users
+--   BENCH_THREADS wrk's -t, so threads take disjoint users
 -- Requests are prebuilt per user, so choosing one costs a table lookup.
 -- done() prints one BENCHRESULT line (latencies in microseconds).
 
@@ -32,6 +32,8 @@ end
 local reqs = {}
 local cdf = nil
 local next_user = 1
+local first_user = 1
+local stride = 1
 
 local function build(i)
    local headers = {}
@@ -52,8 +54,15 @@ function init(args)
       reqs[i] = build(i)
    end
    local t = thread_index or 0
-   -- Threads start at different users, so together they cover all of them.
-   next_user = math.floor(count * t / nthreads) % count + 1
+   -- Round robin: thread t takes users t+1, t+1+nthreads, ..., so no two
+   -- threads ask for the same user at once (threads that started apart
+   -- would otherwise drift into step and double every user's concurrency).
+   -- Fewer users than threads: every thread takes all of them.
+   if count >= nthreads then
+      first_user = t % nthreads + 1
+      stride = nthreads
+   end
+   next_user = first_user
    math.randomseed(os.time() + t * 7919)
    if dist == "zipf" and users > 1 then
       cdf = {}
@@ -84,8 +93,8 @@ function request()
       return reqs[zipf_pick()]
    end
    local r = reqs[next_user]
-   next_user = next_user + 1
-   if next_user > #reqs then next_user = 1 end
+   next_user = next_user + stride
+   if next_user > #reqs then next_user = first_user end
    return r
 end
 
