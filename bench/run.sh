@@ -623,7 +623,7 @@ print_table() {
 			for (i = 1; i <= rows; i++) {
 				sc = cell(i, "scenario"); vs = cell(i, "vs"); r = vs
 				if (vs == "floor" && sc ~ /1000/) r = "floor-1000"
-				if (vs == "floor" && sc == "post") r = "floor-post"
+				if (vs == "floor" && sc ~ /^post/) r = "floor-post"
 				if (vs == "-") r = ""
 				rss = cell(i, "rss_kb"); conns = cell(i, "conns_end")
 				kb = (conns + 0 > 0 && rss != "-") ? sprintf("%.0f", rss / conns) : "-"
@@ -735,7 +735,11 @@ main() {
 	measure_floor floor-post
 	product_scenario post floor "$W" "$P" 1 BENCH_USERS=1 BENCH_PATH="$POST_PATH" BENCH_METHOD=POST \
 		BENCH_BODY="$POST_BODY"
-	if want post; then
+	measure_floor floor-post
+	# Diagnostic, as user-1-max16: the INSERT without the per-user cap.
+	product_scenario "post-max$THREADS" floor "$BENCH_STATE/worker-userpool.json" "$P" 1 BENCH_USERS=1 \
+		BENCH_PATH="$POST_PATH" BENCH_METHOD=POST BENCH_BODY="$POST_BODY"
+	if want post || want "post-max$THREADS"; then
 		clear_posts
 	fi
 	measure_floor floor-post
