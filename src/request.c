@@ -103,17 +103,6 @@ request_headers(const struct http_request *req, struct header_lookup *h, size_t 
 	}
 }
 
-const char *
-request_header(const struct http_request *req, const char *name, int *count)
-{
-	struct header_lookup h = { .name = name };
-
-	request_headers(req, &h, 1);
-	if (count != NULL)
-		*count = h.count;
-	return h.value;
-}
-
 /*
  * Request ids: a random 64-bit prefix per thread (drawn again after a fork,
  * so two processes never share one) and a per-thread counter, scrambled by

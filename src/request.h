@@ -38,12 +38,12 @@ struct http_response {
 
 /* A CGI-style parameter ("REMOTE_ADDR"): its first value, NULL if absent. */
 const char *request_param(const struct http_request *req, const char *name);
-/* A request header by its HTTP name ("X-Forwarded-Email"): its first value,
- * NULL if absent; *count (when not NULL) gets how many times it reached us
- * (a header sent twice, in any letter case, is two parameters). */
-const char *request_header(const struct http_request *req, const char *name, int *count);
-
-/* Several headers found in one pass over the parameters, each as above. */
+/*
+ * Request headers by their HTTP names ("X-Forwarded-Email"), found in one
+ * pass over the parameters: each one's first value, NULL if absent, and
+ * how many times it reached us (a header sent twice, in any letter case,
+ * is two parameters).
+ */
 struct header_lookup {
 	const char *name;	/* in: the HTTP name */
 	const char *value;	/* out: the first value, NULL if absent */
