@@ -1222,6 +1222,7 @@ static enum setpw_rc db_set_password(struct db *db, const char *role, const char
 		sb_str(&sql, " VALID UNTIL ");
 		sb_str(&sql, elit ? elit : "");
 		int built = verifier && ident && vlit && elit && !sql.failed;
+		int have_verifier = verifier != NULL;
 		if (verifier) {
 			OPENSSL_cleanse(verifier, strlen(verifier));
 			free(verifier);
@@ -1234,7 +1235,8 @@ static enum setpw_rc db_set_password(struct db *db, const char *role, const char
 		PQfreemem(elit);
 		if (!built) {
 			log_msg("postgres: cannot build the password statement: %s",
-			        pq_line(PQerrorMessage(conn), line, sizeof line));
+			        have_verifier ? pq_line(PQerrorMessage(conn), line, sizeof line) :
+			                        "computing the SCRAM verifier failed (OpenSSL)");
 			sb_free(&sql);
 			rc = SETPW_ERROR;
 			break;
