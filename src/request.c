@@ -24,35 +24,25 @@
 /* Room for the usual extra headers at once, instead of growing 64, 128... */
 #define RESPONSE_HEADERS_TYPICAL 256
 
-/* One scan of params for NAME: the first value, and how many there are. */
-static const char *
-find_param(char **params, const char *name, int *count)
+/* Takes `param` as the value of NAME if it is "NAME=..." (first one wins). */
+static bool
+take_param(const char *param, const char *name, size_t len, const char **field)
 {
-	const char *first = NULL, *p, *q;
-	int found = 0;
-
-	for (char **e = params; e != NULL && *e != NULL; e++) {
-		/* Inline: most names differ in their first bytes, and a call to
-		 * strncmp for each of ~30 params costs more than the scan. */
-		for (p = *e, q = name; *q != '\0' && *p == *q; p++, q++)
-			;
-		if (*q != '\0' || *p != '=')
-			continue;
-		if (found++ == 0) {
-			first = p + 1;
-			if (count == NULL)
-				break;
-		}
-	}
-	if (count != NULL)
-		*count = found;
-	return first;
+	if (*field != NULL || strncmp(param, name, len) != 0 || param[len] != '=')
+		return false;
+	*field = param + len + 1;
+	return true;
 }
 
 const char *
 request_param(const struct http_request *req, const char *name)
 {
-	return find_param(req->params, name, NULL);
+	const char *value = NULL;
+	size_t len = strlen(name);
+
+	for (char **e = req->params; e != NULL && *e != NULL && value == NULL; e++)
+		(void)take_param(*e, name, len, &value);
+	return value;
 }
 
 /*
@@ -187,17 +177,7 @@ struct cgi_params {
 	const char *method, *query, *content_type, *content_length;
 };
 
-/* Takes `param` as the value of NAME if it is "NAME=..." (first one wins). */
 #define TAKE(param, name, field) take_param((param), (name), sizeof(name) - 1, &(field))
-
-static bool
-take_param(const char *param, const char *name, size_t len, const char **field)
-{
-	if (*field != NULL || strncmp(param, name, len) != 0 || param[len] != '=')
-		return false;
-	*field = param + len + 1;
-	return true;
-}
 
 /*
  * One pass instead of a lookup each (every lookup is a scan of all the
