@@ -608,33 +608,42 @@ prepare_route(PGconn *pg, struct pool_conn *conn, const struct route *route, siz
 	return NULL;
 }
 
+/* Executes the route's statement by name, preparing it first if this
+ * session does not have it yet. */
+static PGresult *
+execute_prepared(PGconn *pg, struct pool_conn *conn, const struct route *route, size_t index,
+		 const char *name, const struct bound_params *bp)
+{
+	PGresult *res;
+
+	if (!pool_conn_is_prepared(conn, index) &&
+	    (res = prepare_route(pg, conn, route, index, name, (int)bp->count)) != NULL)
+		return res;
+	return PQexecPrepared(pg, name, (int)bp->count, (const char *const *)bp->values, NULL, NULL, 0);
+}
+
 /*
  * The route's statement on this session: prepared on first use on each
  * connection, then executed by name, so PostgreSQL parses, rewrites (RLS)
- * and plans it once per connection rather than once per request.
+ * and plans it once per connection rather than once per request. A plan
+ * made stale by a schema change is dropped and prepared again, once.
  */
 static PGresult *
 run_statement(struct request_ctx *rc, struct pool_conn *conn, const struct bound_params *bp)
 {
 	PGconn *pg = pool_conn_pg(conn);
 	size_t index = (size_t)(rc->route - rc->w->cfg->routes);
-	const char *const *values = (const char *const *)bp->values;
 	char name[8 + TEXT_UINT_MAX] = "lb_route";
 	PGresult *res;
 
 	text_uint(name + 8, index);
-	for (int attempt = 0; attempt < 2; attempt++) {
-		if (!pool_conn_is_prepared(conn, index) &&
-		    (res = prepare_route(pg, conn, rc->route, index, name, (int)bp->count)) != NULL)
-			return res;
-		res = PQexecPrepared(pg, name, (int)bp->count, values, NULL, NULL, 0);
-		if (attempt > 0 || !stale_prepared(res))
-			return res;
-		PQclear(res);
-		PQclear(PQexec(pg, "DEALLOCATE ALL"));
-		pool_conn_forget_prepared(conn);
-	}
-	return NULL;	/* not reached */
+	res = execute_prepared(pg, conn, rc->route, index, name, bp);
+	if (!stale_prepared(res))
+		return res;
+	PQclear(res);
+	PQclear(PQexec(pg, "DEALLOCATE ALL"));
+	pool_conn_forget_prepared(conn);
+	return execute_prepared(pg, conn, rc->route, index, name, bp);
 }
 
 /* Runs the route's SQL on a checked-out connection; fills the response body
