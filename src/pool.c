@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,11 +29,15 @@
 #define MSG_UNAVAILABLE "The database is not available; try again shortly."
 #define MSG_POOL_EXHAUSTED "No database connection is available; try again shortly."
 #define HOST_POLL_MS 50   /* capacity freed by other processes wakes nobody here: poll */
+/* A renewal's parked connection that no due connection took this long
+ * (the one due is held by a long statement, or was closed) is closed. */
+#define SPARE_PARK_MAX_MS 5000
 
 struct pool_conn {
 	PGconn *pg;
 	time_t cred_expires_at;   /* wall clock: expiry of the credential it logged in with */
 	time_t renew_at;          /* from then on, replaced when a newer credential exists */
+	time_t ask_after;         /* a request past renew_at asks for one, not before this */
 	bool newer_credential;    /* a request past renew_at found one (ask_renewal): replace this */
 	int64_t last_used_ms;     /* monotonic */
 	bool fresh;
@@ -72,6 +77,14 @@ struct pool {
 	bool retired;             /* closes connections instead of keeping them */
 	struct conn_budget *budget;  /* NULL: no shared cap */
 	struct pool *budget_prev, *budget_next; /* the budget's pools, under its lock */
+	/*
+	 * Renewal logs in first and replaces after (pool_renew): a new
+	 * connection that found no idle due connection to replace waits here
+	 * for a busy due one to be returned. It holds a budget unit but is not
+	 * counted in `open`.
+	 */
+	struct pool_conn *spare;
+	atomic_int asked;         /* connections with newer_credential set: due, and a newer credential exists */
 };
 
 struct conn_budget {
@@ -389,6 +402,24 @@ may_open_connection(const struct pool *pool)
 }
 
 /*
+ * With the lock held and room for one more connection: the parked renewal
+ * connection, now counted open and busy (its budget unit goes with it), so
+ * that the room is filled without a login; NULL if none is parked.
+ */
+static struct pool_conn *
+adopt_spare_locked(struct pool *pool)
+{
+	struct pool_conn *conn = pool->spare;
+
+	if (conn != NULL) {
+		pool->spare = NULL;
+		pool->open++;
+		pool->busy++;
+	}
+	return conn;
+}
+
+/*
  * With the lock held: hands idle connections and free slots to the
  * waiters, first come first served. Called wherever either appears.
  */
@@ -402,8 +433,11 @@ serve_waiters_locked(struct pool *pool)
 			w->conn = pool->idle[--pool->nidle];
 			pool->busy++;
 		} else if (may_open_connection(pool)) {
-			w->slot = true;
-			pool->open++;
+			w->conn = adopt_spare_locked(pool);
+			if (w->conn == NULL) {
+				w->slot = true;
+				pool->open++;
+			}
 		} else {
 			return;
 		}
@@ -439,10 +473,21 @@ conn_free(struct pool_conn *conn)
 	free(conn);
 }
 
+/* The connection no longer waits for renewal as a busy one (pool->asked). */
+static void
+conn_forget_asked(struct pool *pool, struct pool_conn *conn)
+{
+	if (conn->newer_credential) {
+		conn->newer_credential = false;
+		atomic_fetch_sub_explicit(&pool->asked, 1, memory_order_relaxed);
+	}
+}
+
 /* Closes a connection no longer counted as idle or busy; lock not held. */
 static void
-close_conn(const struct pool *pool, struct pool_conn *conn, const char *reason)
+close_conn(struct pool *pool, struct pool_conn *conn, const char *reason)
 {
+	conn_forget_asked(pool, conn);
 	log_debug("pool connection closed", "pool", pool->label, "reason", reason);
 	metrics_conn_closed(reason);
 	PQfinish(conn->pg);
@@ -649,6 +694,26 @@ budget_take(struct conn_budget *b, struct pool *pool, const struct timespec *dea
 	return result;
 }
 
+/*
+ * Takes one unit for a renewal's second connection, only if one is free
+ * here and on the host: never evicts, never waits (the renewal then
+ * happens in place instead). No budget: nothing to take.
+ */
+static bool
+budget_try_take(struct conn_budget *b)
+{
+	bool taken;
+
+	if (b == NULL)
+		return true;
+	pthread_mutex_lock(&b->lock);
+	taken = b->used < b->max && (b->host.take == NULL || b->host.take(b->host.ctx) == 0);
+	if (taken)
+		b->used++;
+	pthread_mutex_unlock(&b->lock);
+	return taken;
+}
+
 static void
 budget_unregister(struct pool *pool)
 {
@@ -788,6 +853,8 @@ take_locked(struct pool *pool, const struct timespec *deadline, struct pool_conn
 			return TAKE_IDLE;
 		}
 		if (may_open_connection(pool)) {
+			if ((*conn = adopt_spare_locked(pool)) != NULL)
+				return TAKE_IDLE;
 			pool->open++;
 			return TAKE_SLOT;
 		}
@@ -813,16 +880,18 @@ take_locked(struct pool *pool, const struct timespec *deadline, struct pool_conn
 	return w.slot ? TAKE_SLOT : TAKE_TIMEOUT;
 }
 
-/* A connection's state after a login with `cred`. It is due for renewal
+/* A connection's state after a login with `cred` (newer_credential is
+ * false: a new connection, or conn_forget_asked). It is due for renewal
  * when the cache refreshes the credential (which is also jittered there). */
 static void
 conn_logged_in(struct pool_conn *conn, PGconn *pg, const struct credential *cred)
 {
+	assert(!conn->newer_credential);
 	conn->pg = pg;
 	conn->cred_expires_at = cred->expires_at;
 	conn->renew_at = cred->refresh_at > 0 && cred->refresh_at < cred->expires_at ? cred->refresh_at :
 										      cred->expires_at;
-	conn->newer_credential = false;
+	conn->ask_after = 0;
 	conn->server_error = false;
 	conn->statement_timeout_ms = -1;
 	pool_conn_forget_prepared(conn);	/* a new session has none */
@@ -897,12 +966,14 @@ acquire_timed_out(struct pool *pool, bool host_full, struct lb_error *err)
  * A connection past renew_at, taken by a request: the request has what it
  * takes to mint (a user's token is never kept), so it asks its source once,
  * which refreshes the identity's credential if that is due (one mint per
- * identity, single-flight across processes). The connection is then
- * replaced off the request path (pool_renew), or, on a busy pool, closed
- * when it is returned so that a waiter logs in with the new credential.
+ * identity, single-flight across processes). Once a newer credential
+ * exists the connection is counted in pool->asked, and pool_renew logs in
+ * its replacement off the request path, which takes its place when it is
+ * returned (or, failing that, it is closed on return for a waiter to log
+ * in again: close_for_renewal).
  */
 static void
-ask_renewal(struct pool_conn *conn, const struct pool_source *source)
+ask_renewal(struct pool *pool, struct pool_conn *conn, const struct pool_source *source)
 {
 	struct credential cred;
 	struct lb_error err;
@@ -911,10 +982,11 @@ ask_renewal(struct pool_conn *conn, const struct pool_source *source)
 	lb_error_clear(&err);
 	if (source->get_credential(source->ctx, &cred, &err) == 0 && cred.expires_at > conn->cred_expires_at) {
 		conn->newer_credential = true;
+		atomic_fetch_add_explicit(&pool->asked, 1, memory_order_relaxed);
 	} else {
 		/* Not due yet (the cache jitters its refresh), or the mint failed:
 		 * the next request asks again, a second later at the soonest. */
-		conn->renew_at = time(NULL) + 1;
+		conn->ask_after = time(NULL) + 1;
 	}
 	credential_clear(&cred);
 }
@@ -962,8 +1034,9 @@ pool_acquire_as(struct pool *pool, const struct pool_source *source, struct pool
 		problem = idle_conn_problem(conn);
 		if (problem == NULL) {
 			conn->fresh = false;
-			if (!conn->newer_credential && time(NULL) >= conn->renew_at)
-				ask_renewal(conn, source);
+			if (!conn->newer_credential && time(NULL) >= conn->renew_at &&
+			    time(NULL) >= conn->ask_after)
+				ask_renewal(pool, conn, source);
 			*out = conn;
 			return 0;
 		}
@@ -973,11 +1046,11 @@ pool_acquire_as(struct pool *pool, const struct pool_source *source, struct pool
 
 /*
  * A returned connection due for renewal on a pool so busy that it is never
- * idle for pool_renew: closed, so that the first waiter logs in with the
- * new credential. Only in the second half of the renewal window (the first
- * is left to pool_renew, off the request path), and only while no other
- * login is under way in the pool: the pool loses one connection at a time
- * to renewal, never all of them at once.
+ * idle, when pool_renew has not replaced it by the last quarter of its
+ * renewal window (no budget unit was free for its replacement, or the
+ * maintenance is behind): closed, so that the first waiter logs in with
+ * the new credential, rather than all at expiry. Only while no other login
+ * is under way in the pool: it loses one connection at a time to renewal.
  */
 static bool
 close_for_renewal(struct pool *pool, const struct pool_conn *conn)
@@ -985,52 +1058,100 @@ close_for_renewal(struct pool *pool, const struct pool_conn *conn)
 	bool now_is_the_time;
 
 	if (!conn->newer_credential ||
-	    time(NULL) < conn->renew_at + (conn->cred_expires_at - conn->renew_at) / 2)
+	    time(NULL) < conn->renew_at + (conn->cred_expires_at - conn->renew_at) * 3 / 4)
 		return false;
 	pthread_mutex_lock(&pool->lock);
 	/* Slots counted open but neither idle nor busy are being logged into. */
-	now_is_the_time = pool->first_waiter != NULL && pool->open - pool->nidle - pool->busy == 0;
+	now_is_the_time = pool->spare == NULL && pool->first_waiter != NULL &&
+			  pool->open - pool->nidle - pool->busy == 0;
 	pthread_mutex_unlock(&pool->lock);
 	return now_is_the_time;
 }
 
 /* Why a returned connection must be closed rather than kept, or NULL. */
 static const char *
-release_problem(struct pool_conn *conn, bool broken)
+release_problem(struct pool_conn *conn, bool broken, time_t now)
 {
 	if (broken || conn->server_error || PQstatus(conn->pg) != CONNECTION_OK ||
 	    PQtransactionStatus(conn->pg) != PQTRANS_IDLE)
 		return "broken";
-	if (time(NULL) >= conn->cred_expires_at)
+	if (now >= conn->cred_expires_at)
 		return "expired_credential";
 	return NULL;
+}
+
+/* Would a renewal's new connection `fresh` replace `conn`: is conn due,
+ * and is fresh's credential newer? */
+static bool
+replaces(const struct pool_conn *fresh, const struct pool_conn *conn, time_t now)
+{
+	return now >= conn->renew_at && fresh->cred_expires_at > conn->cred_expires_at;
+}
+
+/* With the lock held: the parked renewal connection, if it replaces `conn`
+ * (a connection being returned), taken out of its parking place. */
+static struct pool_conn *
+spare_for_locked(struct pool *pool, const struct pool_conn *conn, time_t now)
+{
+	struct pool_conn *spare = pool->spare;
+
+	if (spare == NULL || pool->retired || !replaces(spare, conn, now))
+		return NULL;
+	pool->spare = NULL;
+	return spare;
+}
+
+/* Closes a replaced connection (its budget unit went to its replacement). */
+static void
+close_replaced(struct pool *pool, struct pool_conn *conn, const char *reason)
+{
+	close_conn(pool, conn, reason);
+	budget_give(pool->budget, 1);
 }
 
 void
 pool_release(struct pool *pool, struct pool_conn *conn, bool broken)
 {
+	struct pool_conn *replaced = NULL, *spare;
 	const char *problem;
+	time_t now = time(NULL);
+	int64_t now_ms;
 	bool handed_over;
 
 	if (conn == NULL)
 		return;
-	problem = release_problem(conn, broken);
+	problem = release_problem(conn, broken, now);
 	if (problem == NULL && pool->retired)
 		problem = "evicted";
 	if (problem == NULL && close_for_renewal(pool, conn))
 		problem = "renewed";
 	if (problem != NULL) {
-		close_busy(pool, conn, problem);
-		return;
+		pthread_mutex_lock(&pool->lock);
+		spare = spare_for_locked(pool, conn, now);
+		pthread_mutex_unlock(&pool->lock);
+		if (spare == NULL) {
+			close_busy(pool, conn, problem);
+			return;
+		}
+		/* The renewal's connection takes the place of the closed one. */
+		close_replaced(pool, conn, problem);
+		conn = spare;
 	}
-	conn->last_used_ms = monotonic_ms();
+	now_ms = monotonic_ms();
 	pthread_mutex_lock(&pool->lock);
+	if ((spare = spare_for_locked(pool, conn, now)) != NULL) {
+		replaced = conn;
+		conn = spare;
+	}
+	conn->last_used_ms = now_ms;
 	assert(pool->nidle < pool->settings.max);
 	pool->idle[pool->nidle++] = conn;
 	pool->busy--;
 	serve_waiters_locked(pool);
 	handed_over = pool->nidle == 0;
 	pthread_mutex_unlock(&pool->lock);
+	if (replaced != NULL)
+		close_replaced(pool, replaced, "renewed");
 	if (!handed_over)
 		budget_notify(pool->budget);
 }
@@ -1139,28 +1260,132 @@ pool_reap(struct pool *pool)
 }
 
 /*
- * With the lock held: detaches the idle connection due for renewal whose
- * credential expires first (counted busy), or returns NULL.
+ * With the lock held: the index of the idle connection due for renewal
+ * (past renew_at, not yet expired) whose credential expires first, among
+ * those whose credential expires before `newer` (0: any), or -1.
  */
-static struct pool_conn *
-take_renewable_locked(struct pool *pool, time_t now)
+static int
+due_idle_locked(const struct pool *pool, time_t now, time_t newer)
 {
-	struct pool_conn *conn;
+	const struct pool_conn *conn;
 	int best = -1;
 
 	for (int i = 0; i < pool->nidle; i++) {
 		conn = pool->idle[i];
 		if (now >= conn->renew_at && now < conn->cred_expires_at &&
+		    (newer == 0 || conn->cred_expires_at < newer) &&
 		    (best < 0 || conn->cred_expires_at < pool->idle[best]->cred_expires_at))
 			best = i;
 	}
-	if (best < 0)
-		return NULL;
-	conn = pool->idle[best];
-	memmove(pool->idle + best, pool->idle + best + 1, (size_t)(pool->nidle - best - 1) * sizeof(*pool->idle));
-	pool->nidle--;
-	pool->busy++;
-	return conn;
+	return best;
+}
+
+/* With the lock held: would a login with a credential that expires at
+ * `newer` (0: whichever) renew a connection? */
+static bool
+renewal_wanted_locked(const struct pool *pool, time_t now, time_t newer)
+{
+	if (pool->retired || pool->spare != NULL)
+		return false;
+	return atomic_load_explicit(&pool->asked, memory_order_relaxed) > 0 ||
+	       due_idle_locked(pool, now, newer) >= 0;
+}
+
+enum placed { PLACED_NOWHERE, PLACED_REPLACING, PLACED_ADDED, PLACED_PARKED };
+
+/*
+ * With the lock held: a renewal's new connection takes the place of the
+ * idle due connection whose credential expires first (*replaced, to close),
+ * else a free slot of the pool, else parks for a busy due connection to be
+ * returned (pool_release). A retired pool takes nothing.
+ */
+static enum placed
+place_fresh_locked(struct pool *pool, struct pool_conn *fresh, time_t now, struct pool_conn **replaced)
+{
+	int i;
+
+	*replaced = NULL;
+	if (pool->retired)
+		return PLACED_NOWHERE;
+	i = due_idle_locked(pool, now, fresh->cred_expires_at);
+	if (i >= 0) {
+		*replaced = pool->idle[i];
+		fresh->last_used_ms = (*replaced)->last_used_ms;
+		pool->idle[i] = fresh;
+		return PLACED_REPLACING;
+	}
+	if (may_open_connection(pool)) {
+		pool->open++;
+		pool->idle[pool->nidle++] = fresh;
+		serve_waiters_locked(pool);
+		return PLACED_ADDED;
+	}
+	pool->spare = fresh;
+	return PLACED_PARKED;
+}
+
+/*
+ * The parked connection, at the next maintenance pass: placed if a place
+ * appeared (a due connection went idle, a slot was freed), kept while a
+ * busy due connection may still be returned, closed once past its own
+ * renewal or parked SPARE_PARK_MAX_MS. Returns 1 if it replaced one.
+ */
+static int
+settle_spare(struct pool *pool)
+{
+	struct pool_conn *spare, *replaced = NULL;
+	enum placed placed = PLACED_NOWHERE;
+	time_t now = time(NULL);
+
+	pthread_mutex_lock(&pool->lock);
+	spare = pool->spare;
+	pool->spare = NULL;
+	if (spare != NULL && now < spare->renew_at && monotonic_ms() - spare->last_used_ms < SPARE_PARK_MAX_MS)
+		placed = place_fresh_locked(pool, spare, now, &replaced);
+	pthread_mutex_unlock(&pool->lock);
+	if (spare != NULL && placed == PLACED_NOWHERE)
+		close_replaced(pool, spare, pool->retired ? "evicted" : "idle");
+	if (replaced != NULL)
+		close_replaced(pool, replaced, "renewed");
+	return placed == PLACED_REPLACING;
+}
+
+/*
+ * Logs in a due connection's replacement with `cred` while the due ones go
+ * on serving (its budget unit is taken), then places it. PLACED_NOWHERE:
+ * the login failed, or the pool was retired meanwhile.
+ */
+static enum placed
+renew_login_first(struct pool *pool, const struct credential *cred)
+{
+	struct pool_conn *fresh, *replaced = NULL;
+	struct lb_error err;
+	enum placed placed;
+	PGconn *pg = NULL;
+
+	lb_error_clear(&err);
+	fresh = calloc(1, sizeof(*fresh));
+	if (fresh != NULL)
+		pg = pool_connect(pool->cfg, pool->settings.connect_timeout_ms, cred, &err);
+	if (pg == NULL) {
+		log_info("pool connection renewal failed", "pool", pool->label,
+			 "detail", fresh != NULL ? err.detail : "out of memory");
+		free(fresh);
+		budget_give(pool->budget, 1);
+		return PLACED_NOWHERE;
+	}
+	conn_logged_in(fresh, pg, cred);
+	fresh->last_used_ms = monotonic_ms();   /* parked since, if parked */
+	metrics_conn_opened();
+	pthread_mutex_lock(&pool->lock);
+	placed = place_fresh_locked(pool, fresh, time(NULL), &replaced);
+	pthread_mutex_unlock(&pool->lock);
+	if (placed == PLACED_NOWHERE)
+		close_replaced(pool, fresh, "evicted");
+	if (replaced != NULL)
+		close_replaced(pool, replaced, "renewed");
+	log_debug("pool connection renewal logged in", "pool", pool->label);
+	return placed;
 }
 
 /* Puts a connection back idle in its place by last use (idle[0] is the
@@ -1180,52 +1405,122 @@ put_back_idle(struct pool *pool, struct pool_conn *conn)
 	pthread_mutex_unlock(&pool->lock);
 }
 
+/*
+ * No budget unit is free for a second connection: closes the idle due
+ * connection that expires first and logs in again in its slot, so the
+ * budget is never exceeded (the pool is one short for the length of a
+ * login). Returns true if it was renewed.
+ */
+static bool
+renew_in_place(struct pool *pool, const struct credential *cred)
+{
+	struct pool_conn *conn = NULL;
+	struct lb_error err;
+	PGconn *pg;
+	int i;
+
+	pthread_mutex_lock(&pool->lock);
+	i = pool->retired ? -1 : due_idle_locked(pool, time(NULL), cred->expires_at);
+	if (i >= 0) {
+		conn = pool->idle[i];
+		memmove(pool->idle + i, pool->idle + i + 1, (size_t)(pool->nidle - i - 1) * sizeof(*pool->idle));
+		pool->nidle--;
+		pool->busy++;
+	}
+	pthread_mutex_unlock(&pool->lock);
+	if (conn == NULL)
+		return false;
+	PQfinish(conn->pg);
+	conn_forget_asked(pool, conn);
+	metrics_conn_closed("renewed");
+	lb_error_clear(&err);
+	pg = pool_connect(pool->cfg, pool->settings.connect_timeout_ms, cred, &err);
+	if (pg == NULL) {
+		log_info("pool connection renewal failed: closed", "pool", pool->label, "detail", err.detail);
+		conn_free(conn);
+		busy_slot_freed(pool);
+		return false;
+	}
+	conn_logged_in(conn, pg, cred);
+	metrics_conn_opened();
+	log_debug("pool connection renewed in place", "pool", pool->label);
+	put_back_idle(pool, conn);
+	return true;
+}
+
 int
 pool_renew(struct pool *pool, const struct pool_source *source)
 {
 	struct credential cred;
 	struct lb_error err;
-	struct pool_conn *conn;
-	int renewed = 0;
-	PGconn *pg;
+	enum placed placed;
+	int progress;
+	bool wanted;
 
 	if (source == NULL)
 		source = &pool->source;
+	progress = settle_spare(pool);
 	for (;;) {
 		pthread_mutex_lock(&pool->lock);
-		conn = pool->retired ? NULL : take_renewable_locked(pool, time(NULL));
+		wanted = renewal_wanted_locked(pool, time(NULL), 0);
 		pthread_mutex_unlock(&pool->lock);
-		if (conn == NULL)
+		if (!wanted)
 			break;
 		lb_error_clear(&err);
 		memset(&cred, 0, sizeof(cred));
-		if (source->get_credential(source->ctx, &cred, &err) != 0 ||
-		    cred.expires_at <= conn->cred_expires_at) {
+		if (source->get_credential(source->ctx, &cred, &err) == 0) {
+			pthread_mutex_lock(&pool->lock);
+			wanted = renewal_wanted_locked(pool, time(NULL), cred.expires_at);
+			pthread_mutex_unlock(&pool->lock);
+		} else {
+			wanted = false;
+		}
+		if (!wanted) {
 			/* Nothing newer yet (a user's is minted by a request): later. */
 			credential_clear(&cred);
-			put_back_idle(pool, conn);
 			break;
 		}
-		/* Close first, then log in into the same slot: the budget is
-		 * never exceeded, not even for the length of a login. */
-		PQfinish(conn->pg);
-		metrics_conn_closed("renewed");
-		pg = pool_connect(pool->cfg, pool->settings.connect_timeout_ms, &cred, &err);
-		if (pg == NULL) {
-			credential_clear(&cred);
-			log_info("pool connection renewal failed: closed", "pool", pool->label, "detail", err.detail);
-			conn_free(conn);
-			busy_slot_freed(pool);
-			break;
-		}
-		conn_logged_in(conn, pg, &cred);
+		if (budget_try_take(pool->budget))
+			placed = renew_login_first(pool, &cred);
+		else
+			placed = renew_in_place(pool, &cred) ? PLACED_REPLACING : PLACED_NOWHERE;
 		credential_clear(&cred);
-		metrics_conn_opened();
-		log_debug("pool connection renewed", "pool", pool->label);
-		put_back_idle(pool, conn);
-		renewed++;
+		if (placed == PLACED_NOWHERE)
+			break;
+		progress++;
+		/* One parked connection at a time: it waits for a busy one. */
+		if (placed == PLACED_PARKED)
+			break;
 	}
-	return renewed;
+	pthread_mutex_lock(&pool->lock);
+	progress += pool->spare != NULL;
+	pthread_mutex_unlock(&pool->lock);
+	return progress;
+}
+
+bool
+pool_renewal_pending(struct pool *pool)
+{
+	bool pending;
+
+	pthread_mutex_lock(&pool->lock);
+	pending = pool->spare != NULL || renewal_wanted_locked(pool, time(NULL), 0);
+	pthread_mutex_unlock(&pool->lock);
+	return pending;
+}
+
+/* Closes the parked connection, if any. */
+static void
+drop_spare(struct pool *pool, const char *reason)
+{
+	struct pool_conn *spare;
+
+	pthread_mutex_lock(&pool->lock);
+	spare = pool->spare;
+	pool->spare = NULL;
+	pthread_mutex_unlock(&pool->lock);
+	if (spare != NULL)
+		close_replaced(pool, spare, reason);
 }
 
 void
@@ -1237,6 +1532,7 @@ pool_close_idle(struct pool *pool)
 	list = detach_idle_locked(pool, true);
 	pthread_mutex_unlock(&pool->lock);
 	close_detached(pool, list);
+	drop_spare(pool, "shutdown");
 }
 
 void
@@ -1251,6 +1547,7 @@ pool_retire(struct pool *pool)
 	for (struct pool_conn *c = list; c != NULL; c = c->next)
 		c->close_reason = "evicted";
 	close_detached(pool, list);
+	drop_spare(pool, "evicted");
 }
 
 void
@@ -1260,7 +1557,7 @@ pool_destroy(struct pool *pool)
 		return;
 	budget_unregister(pool);
 	pool_close_idle(pool);
-	assert(pool->busy == 0 && pool->open == 0 && pool->waiting == 0);
+	assert(pool->busy == 0 && pool->open == 0 && pool->waiting == 0 && pool->spare == NULL);
 	pthread_mutex_destroy(&pool->lock);
 	free(pool->idle);
 	free(pool->label);

@@ -93,14 +93,27 @@ int pool_acquire(struct pool *pool, struct pool_conn **out, struct lb_error *err
 int pool_acquire_as(struct pool *pool, const struct pool_source *source, struct pool_conn **out,
 		    struct lb_error *err);
 /*
- * Replaces idle connections due for renewal (their credential expires
- * within the refresh margin) by new logins with `source`'s credential, one
- * at a time, when that credential is newer; stops at the first that is
- * not. Called by the maintenance thread, so that logins happen off the
- * request path and a pool's connections do not all expire together.
- * source NULL: the pool's own. Returns how many were replaced.
+ * Replaces connections due for renewal (their credential is being
+ * refreshed: within the refresh margin of its expiry) by new logins with
+ * `source`'s credential when that credential is newer, one login at a time.
+ * Called by the maintenance thread, so that logins happen off the request
+ * path and a pool's connections do not all expire together.
+ *
+ * The new connection is logged in first, while the due ones go on serving,
+ * and then takes the place of an idle due connection; if none is idle (a
+ * busy pool), it waits, parked, for the next due connection to be returned
+ * (pool_release) and takes its place then. That second connection takes a
+ * unit of the budget (and the host's) only if one is free; otherwise an
+ * idle due connection is closed first and logged in again in its slot.
+ * A parked connection not taken within a few seconds is closed.
+ * source NULL: the pool's own. Returns 0 when there is nothing to do until
+ * a newer credential or a due connection appears, else (connections logged
+ * in or placed, plus one while a connection is parked) the caller should
+ * call again soon: the pool's next due connection waits for that.
  */
 int pool_renew(struct pool *pool, const struct pool_source *source);
+/* Whether pool_renew has work now (a due connection, or a parked one). */
+bool pool_renewal_pending(struct pool *pool);
 /* Returns a connection; broken=true closes it instead of keeping it idle. */
 void pool_release(struct pool *pool, struct pool_conn *conn, bool broken);
 

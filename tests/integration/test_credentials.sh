@@ -120,6 +120,55 @@ test_user_connections_renewed_before_expiry() {
 	emulator_with "$STACK_EMU_CONFIG"
 }
 
+# On a pool so busy that its connection is never idle, renewal logs the
+# replacement in first, off the request path, and swaps it in when the due
+# connection is returned: no request logs in again. Alice's pool holds one
+# connection (user_pool.max 1) and two clients keep it busy with 0.2 s
+# statements, each waiting while the other's runs. Credentials live 12 s
+# and are due 5-6 s before expiry; 15 s of load spans one renewal.
+alice_slow() {
+	curl -s -o /dev/null -w '%{http_code}\n' --max-time 10 -H 'X-Forwarded-Email: alice@example.com' \
+		-H 'X-Forwarded-Access-Token: alice-token-1' "$LAKEBASE_URL/api/my/slow"
+}
+
+alice_slow_until() {
+	while awk -v n="$(now_s)" -v d="$1" 'BEGIN { exit !(n < d) }'; do
+		alice_slow
+	done
+}
+
+test_busy_connection_renewed_without_a_login_on_the_request_path() {
+	local lifetime=12 emu_cfg=$STACK_DIR/it-emulator-short-lifetime-12.json
+	local cfg=$STACK_DIR/it-credentials-busy-renew.json out=$STACK_DIR/it-busy-renew.out
+	local deadline mark logins renewed expired requests failed
+	emulator_config "$emu_cfg" "$lifetime" || return
+	worker_config_derive "$cfg" '.credentials.refresh_margin_ms = 6000 | .user_pool.max = 1 | .log_level = "debug"
+		| .routes += [{ "method": "GET", "path": "/api/my/slow", "auth": "on-behalf-of-user",
+				"sql": "SELECT true AS slept FROM pg_catalog.pg_sleep(0.2)", "params": {}, "result": "one" }]' || return
+	emulator_with "$emu_cfg" || return
+	worker_restart "$cfg" || return
+	mark=$(stat -c %s "$STACK_WORKER_LOG")
+	deadline=$(awk -v n="$(now_s)" 'BEGIN { printf "%.3f", n + 15 }')
+	alice_slow_until "$deadline" >"$out.1" &
+	local client1=$!
+	alice_slow_until "$deadline" >"$out.2"
+	wait "$client1"
+	requests=$(cat "$out.1" "$out.2" | wc -l)
+	failed=$(cat "$out.1" "$out.2" | grep -cv '^200$')
+	tail -c +"$((mark + 1))" "$STACK_WORKER_LOG" >"$out.log"
+	logins=$(grep -c 'msg="pool connection opened" pool=user:' "$out.log")
+	renewed=$(grep -c 'msg="pool connection closed" pool=user:[0-9a-f]* reason=renewed' "$out.log")
+	expired=$(closed_total expired_credential)
+	printf '       %d requests; logins on the request path %s, connections renewed %s, expired %s\n' \
+		"$requests" "$logins" "$renewed" "$expired"
+	expect_eq "$failed" 0 "every request 200"
+	expect_ge "$requests" 40 "the two clients kept the connection busy (>= 40 requests of 0.2 s)"
+	expect_eq "$logins" 1 "one login on the request path: alice's first request"
+	expect_ge "$renewed" 1 "alice's connection was renewed"
+	expect_eq "$expired" 0 "no connection reached its credential's expiry"
+	emulator_with "$STACK_EMU_CONFIG"
+}
+
 # A lazy user's due credential is refreshed off the request path: with the
 # next mint delayed 2 s, the request that finds alice's credential due is
 # answered at once with the current credential, and the new one arrives
@@ -317,6 +366,8 @@ run_test "a 6 s credential is replaced (>= 2 mints) with no failed request in 18
 	test_expiring_credential_is_replaced_without_a_failed_request
 run_test "a user's connections are renewed before their 8 s credential expires: none expires, none fails" \
 	test_user_connections_renewed_before_expiry
+run_test "a busy user connection is renewed with no login on the request path (max 1, never idle)" \
+	test_busy_connection_renewed_without_a_login_on_the_request_path
 run_test "a due user credential is refreshed off the request path: a 2 s mint delays no request" \
 	test_due_user_credential_refreshed_off_the_request_path
 run_test "two 503s on the mint are retried: one request, 200" test_two_503_then_success_is_one_200
