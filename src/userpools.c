@@ -9,6 +9,7 @@
  */
 #include <assert.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -20,6 +21,15 @@
 #include "userpools.h"
 
 #define MSG_TOO_MANY_USERS "Too many users are active right now; try again shortly."
+
+/*
+ * Pools renewed at once by the maintenance pass, each logging in one
+ * connection at a time. Under load one thread's logins take ~100 ms each
+ * (SCRAM's CPU, on a busy host), too slow for a burst of due connections
+ * (users whose credentials were minted together): they would reach their
+ * expiry and be logged in again on the request path, all at once.
+ */
+#define RENEW_POOLS_AT_ONCE 4
 
 struct user_entry {
 	char *email;
@@ -84,23 +94,80 @@ cached_user_credential(void *ctx, struct credential *out, struct lb_error *err)
 	return credcache_peek(src->creds, &src->id, out);
 }
 
-/* Renews a proven entry's connections (pinned, lock not held). */
-static void
+/* Renews a proven entry's connections (pinned, lock not held); pool_renew's result. */
+static int
 renew_entry(struct userpools *up, struct user_entry *e)
 {
 	struct renew_source src = { .creds = up->creds };
 	struct pool_source source = { cached_user_credential, NULL, &src };
+
+	src.id.kind = IDENTITY_USER;
+	src.id.email = e->email;
+	memcpy(src.id.token_fp, e->fp, TOKEN_FP_LEN);
+	return pool_renew(e->pool, &source);
+}
+
+static bool
+is_proven(struct userpools *up, struct user_entry *e)
+{
 	bool proven;
 
 	pthread_mutex_lock(&up->lock);
 	proven = e->proven;
 	pthread_mutex_unlock(&up->lock);
-	if (!proven)
-		return;
-	src.id.kind = IDENTITY_USER;
-	src.id.email = e->email;
-	memcpy(src.id.token_fp, e->fp, TOKEN_FP_LEN);
-	pool_renew(e->pool, &source);
+	return proven;
+}
+
+/* The entries to renew, shared by the threads of one maintenance pass. */
+struct renewal_pass {
+	struct userpools *up;
+	struct user_entry **entries;
+	int n;
+	atomic_int next;
+	atomic_int progress;      /* the sum of pool_renew's results */
+};
+
+static void *
+renewal_pass_run(void *arg)
+{
+	struct renewal_pass *pass = arg;
+	int i;
+
+	while ((i = atomic_fetch_add(&pass->next, 1)) < pass->n)
+		atomic_fetch_add(&pass->progress, renew_entry(pass->up, pass->entries[i]));
+	return NULL;
+}
+
+/*
+ * Renews the pinned entries' pools that have connections due (proven
+ * ones: a pool that never logged in has nothing to renew), up to
+ * RENEW_POOLS_AT_ONCE at a time: this thread and helpers for this pass.
+ * Returns the sum of pool_renew's results.
+ */
+static int
+renew_entries(struct userpools *up, struct user_entry **pinned, int n)
+{
+	struct renewal_pass pass = { .up = up, .n = 0 };
+	pthread_t helpers[RENEW_POOLS_AT_ONCE - 1];
+	int nhelpers = 0;
+
+	pass.entries = n > 0 ? calloc((size_t)n, sizeof(*pass.entries)) : NULL;
+	if (pass.entries == NULL)
+		return 0;
+	for (int i = 0; i < n; i++) {
+		if (is_proven(up, pinned[i]) && pool_renewal_pending(pinned[i]->pool))
+			pass.entries[pass.n++] = pinned[i];
+	}
+	atomic_init(&pass.next, 0);
+	atomic_init(&pass.progress, 0);
+	while (nhelpers < RENEW_POOLS_AT_ONCE - 1 && nhelpers < pass.n - 1 &&
+	       pthread_create(&helpers[nhelpers], NULL, renewal_pass_run, &pass) == 0)
+		nhelpers++;
+	renewal_pass_run(&pass);
+	for (int i = 0; i < nhelpers; i++)
+		pthread_join(helpers[i], NULL);
+	free(pass.entries);
+	return atomic_load(&pass.progress);
 }
 
 static void
@@ -432,11 +499,11 @@ is_expendable(const struct userpools *up, const struct user_entry *e, int64_t no
 	return !e->proven || now_ms - e->last_used_ms >= up->cfg->user_pool_remove_after_ms;
 }
 
-void
+int
 userpools_reap(struct userpools *up)
 {
 	struct user_entry **pinned, *e, *next, *dead = NULL;
-	int n = 0, cap;
+	int n = 0, cap, progress;
 	int64_t now_ms;
 
 	/* Reap connections outside the lock, on pinned entries. */
@@ -448,10 +515,9 @@ userpools_reap(struct userpools *up)
 		pinned[n++] = e;
 	}
 	pthread_mutex_unlock(&up->lock);
-	for (int i = 0; i < n; i++) {
+	for (int i = 0; i < n; i++)
 		pool_reap(pinned[i]->pool);
-		renew_entry(up, pinned[i]);
-	}
+	progress = renew_entries(up, pinned, n);
 	unpin_all(up, pinned, n);
 	free(pinned);
 
@@ -467,6 +533,7 @@ userpools_reap(struct userpools *up)
 	}
 	pthread_mutex_unlock(&up->lock);
 	free_list(dead);
+	return progress;
 }
 
 int

@@ -14,7 +14,8 @@
  * thread calls userpools_reap(): idle connections close after
  * user_pool.idle_timeout_ms, and a pool left without connections is removed
  * after user_pool_remove_after_ms without use (at once if it never
- * logged in). Thread-safe; no network I/O under the cache's lock.
+ * logged in); due connections are renewed (pool_renew), several pools at
+ * once. Thread-safe; no network I/O under the cache's lock.
  */
 #ifndef LB_USERPOOLS_H
 #define LB_USERPOOLS_H
@@ -46,7 +47,9 @@ int userpools_acquire(struct userpools *up, const struct identity *id, struct us
 		      struct lb_error *err);
 void userpools_release(struct userpools *up, struct user_lease *lease, bool broken);
 
-void userpools_reap(struct userpools *up);
+/* Returns the sum of the pools' pool_renew results: > 0 while renewals
+ * are under way (call again soon). */
+int userpools_reap(struct userpools *up);
 /* Number of user pools in the cache. */
 int userpools_count(struct userpools *up);
 /* The sums of every user pool's stats (pool.h), for metrics and status. */

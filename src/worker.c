@@ -33,8 +33,11 @@
 	"Not ready: the service principal's database credential is unavailable."
 #define MSG_NOT_READY_DATABASE "Not ready: the database is unreachable."
 
-/* How often the maintenance thread reaps idle connections. */
+/* How often the maintenance thread reaps idle connections and renews
+ * due ones; while renewals are under way (a pool's next due connection
+ * waits for its previous one's replacement to be placed), more often. */
 #define MAINTENANCE_INTERVAL_MS 1000
+#define RENEWAL_PASS_INTERVAL_MS 100
 
 struct worker {
 	const struct lb_config *cfg;
@@ -130,18 +133,25 @@ maintenance_main(void *arg)
 {
 	struct worker *w = arg;
 	struct timespec deadline;
+	int interval_ms = MAINTENANCE_INTERVAL_MS, renewing;
 
 	pthread_mutex_lock(&w->lock);
 	while (!w->stopping) {
 		clock_gettime(CLOCK_MONOTONIC, &deadline);
-		deadline.tv_sec += MAINTENANCE_INTERVAL_MS / 1000;
+		deadline.tv_sec += interval_ms / 1000;
+		deadline.tv_nsec += (long)(interval_ms % 1000) * 1000000L;
+		if (deadline.tv_nsec >= 1000000000L) {
+			deadline.tv_sec++;
+			deadline.tv_nsec -= 1000000000L;
+		}
 		pthread_cond_timedwait(&w->wake, &w->lock, &deadline);
 		if (w->stopping)
 			break;
 		pthread_mutex_unlock(&w->lock);
 		pool_reap(w->sp_pool);
-		pool_renew(w->sp_pool, NULL);
-		userpools_reap(w->users);
+		renewing = pool_renew(w->sp_pool, NULL);
+		renewing += userpools_reap(w->users);
+		interval_ms = renewing > 0 ? RENEWAL_PASS_INTERVAL_MS : MAINTENANCE_INTERVAL_MS;
 		publish_gauges(w);
 		pthread_mutex_lock(&w->lock);
 	}
