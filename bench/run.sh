@@ -458,6 +458,11 @@ scenario_refresh() {
 	# r-users were never minted for: every credential of theirs is short.
 	product_scenario refresh floor "$BENCH_STATE/worker.json" "$STACK_HTTP_PORT" 2 \
 		BENCH_USERS=10 BENCH_KIND=r BENCH_PATH="$USER_PATH"
+	# How the worker's connections ended (its counters since it started:
+	# warm-up and run): renewed, or closed at their credential's expiry.
+	curl -sf --max-time 5 "$STACK_URL/metrics" |
+		sed -n 's/^lakebase_connections_closed_total{reason="\([a-z_]*\)"} \([0-9]*\)$/\1=\2/p' \
+			>"$BENCH_STATE/refresh-closes.out" || true
 	emu_set_lifetime 3600
 }
 
@@ -654,6 +659,12 @@ print_notes() {
 				(v["mint_p50_us"] + v["login_p50_us"]) / 1000 + 2, (v["mint_p99_us"] + v["login_p99_us"]) / 1000 + 2
 		}' "$parts"
 	fi
+	if [[ -s $BENCH_STATE/refresh-closes.out ]]; then
+		awk -F= '{ v[$1] = $2 } END {
+			printf "refresh: worker connections renewed %d, closed at their credential'"'"'s expiry %d, unused replacements closed %d (warm-up and run)\n",
+				v["renewed"], v["expired_credential"], v["idle"]
+		}' "$BENCH_STATE/refresh-closes.out"
+	fi
 	if [[ -s $PROFILE_DIR/instructions.txt ]]; then
 		echo
 		cat "$PROFILE_DIR/instructions.txt"
@@ -694,6 +705,8 @@ main() {
 	source "$STACK_DIR/env.sh"
 	mkdir -p "$BENCH_STATE"
 	: >"$RESULTS"
+	# The notes are this run's only: no figure left from an earlier one.
+	rm -f "$BENCH_STATE/mintlogin.out" "$BENCH_STATE/refresh-closes.out" "$PROFILE_DIR/instructions.txt"
 	{ uptime; nproc; } >"$BENCH_STATE/host.txt"
 
 	bench_log "bench users, rows, emulator config"
