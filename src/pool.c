@@ -880,13 +880,22 @@ take_locked(struct pool *pool, const struct timespec *deadline, struct pool_conn
 	return w.slot ? TAKE_SLOT : TAKE_TIMEOUT;
 }
 
-/* A connection's state after a login with `cred` (newer_credential is
- * false: a new connection, or conn_forget_asked). It is due for renewal
- * when the cache refreshes the credential (which is also jittered there). */
-static void
-conn_logged_in(struct pool_conn *conn, PGconn *pg, const struct credential *cred)
+/*
+ * Logs `conn` (new, or one whose session was closed: newer_credential is
+ * false) in with `cred`, and sets it up as a new session. It is due for
+ * renewal when the cache refreshes the credential (which is also jittered
+ * there). Returns -1 with `err` set when the login fails.
+ */
+static int
+conn_log_in(struct pool *pool, struct pool_conn *conn, const struct credential *cred, struct lb_error *err)
 {
+	PGconn *pg;
+
 	assert(!conn->newer_credential);
+	pg = pool_connect(pool->cfg, pool->settings.connect_timeout_ms, cred, err);
+	if (pg == NULL)
+		return -1;
+	metrics_conn_opened();
 	conn->pg = pg;
 	conn->cred_expires_at = cred->expires_at;
 	conn->renew_at = cred->refresh_at > 0 && cred->refresh_at < cred->expires_at ? cred->refresh_at :
@@ -896,6 +905,7 @@ conn_logged_in(struct pool_conn *conn, PGconn *pg, const struct credential *cred
 	conn->statement_timeout_ms = -1;
 	pool_conn_forget_prepared(conn);	/* a new session has none */
 	PQsetNoticeReceiver(pg, notice_receiver, conn);
+	return 0;
 }
 
 /* Opens a connection into a reserved slot (and budget unit). */
@@ -905,7 +915,6 @@ open_into_slot(struct pool *pool, const struct pool_source *source, struct pool_
 {
 	struct credential cred;
 	struct pool_conn *conn;
-	PGconn *pg = NULL;
 
 	memset(&cred, 0, sizeof(cred));
 	conn = calloc(1, sizeof(*conn));
@@ -915,18 +924,15 @@ open_into_slot(struct pool *pool, const struct pool_source *source, struct pool_
 	}
 	if (source->get_credential(source->ctx, &cred, err) != 0)
 		goto fail;
-	pg = pool_connect(pool->cfg, pool->settings.connect_timeout_ms, &cred, err);
-	if (pg == NULL) {
+	if (conn_log_in(pool, conn, &cred, err) != 0) {
 		/* Let the credential layer drop a credential the server refused. */
 		if (err->code == LB_ERR_ROLE_MISSING && source->auth_failed != NULL)
 			source->auth_failed(source->ctx, &cred);
 		goto fail;
 	}
-	conn_logged_in(conn, pg, &cred);
 	conn->fresh = true;
 	credential_clear(&cred);
 	log_debug("pool connection opened", "pool", pool->label);
-	metrics_conn_opened();
 
 	pthread_mutex_lock(&pool->lock);
 	pool->busy++;
@@ -1361,22 +1367,17 @@ renew_login_first(struct pool *pool, const struct credential *cred)
 	struct pool_conn *fresh, *replaced = NULL;
 	struct lb_error err;
 	enum placed placed;
-	PGconn *pg = NULL;
 
 	lb_error_clear(&err);
 	fresh = calloc(1, sizeof(*fresh));
-	if (fresh != NULL)
-		pg = pool_connect(pool->cfg, pool->settings.connect_timeout_ms, cred, &err);
-	if (pg == NULL) {
+	if (fresh == NULL || conn_log_in(pool, fresh, cred, &err) != 0) {
 		log_info("pool connection renewal failed", "pool", pool->label,
 			 "detail", fresh != NULL ? err.detail : "out of memory");
-		free(fresh);
+		conn_free(fresh);
 		budget_give(pool->budget, 1);
 		return PLACED_NOWHERE;
 	}
-	conn_logged_in(fresh, pg, cred);
 	fresh->last_used_ms = monotonic_ms();   /* parked since, if parked */
-	metrics_conn_opened();
 	pthread_mutex_lock(&pool->lock);
 	placed = place_fresh_locked(pool, fresh, time(NULL), &replaced);
 	pthread_mutex_unlock(&pool->lock);
@@ -1416,7 +1417,6 @@ renew_in_place(struct pool *pool, const struct credential *cred)
 {
 	struct pool_conn *conn = NULL;
 	struct lb_error err;
-	PGconn *pg;
 	int i;
 
 	pthread_mutex_lock(&pool->lock);
@@ -1434,15 +1434,12 @@ renew_in_place(struct pool *pool, const struct credential *cred)
 	conn_forget_asked(pool, conn);
 	metrics_conn_closed("renewed");
 	lb_error_clear(&err);
-	pg = pool_connect(pool->cfg, pool->settings.connect_timeout_ms, cred, &err);
-	if (pg == NULL) {
+	if (conn_log_in(pool, conn, cred, &err) != 0) {
 		log_info("pool connection renewal failed: closed", "pool", pool->label, "detail", err.detail);
 		conn_free(conn);
 		busy_slot_freed(pool);
 		return false;
 	}
-	conn_logged_in(conn, pg, cred);
-	metrics_conn_opened();
 	log_debug("pool connection renewed in place", "pool", pool->label);
 	put_back_idle(pool, conn);
 	return true;
