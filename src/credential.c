@@ -40,6 +40,7 @@
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 
+#include "clock.h"
 #include "credential.h"
 #include "log.h"
 #include "metrics.h"
@@ -322,7 +323,7 @@ refresher_alive(struct credcache *cc)
 {
 	struct shm_header *h = shm_header(cc->shm);
 
-	return h->refresher_pid != 0 && shm_monotonic_ms() <= h->refresher_deadline_ms &&
+	return h->refresher_pid != 0 && clock_monotonic_ms() <= h->refresher_deadline_ms &&
 	       shm_proc_alive(h->refresher_pid, h->refresher_start);
 }
 
@@ -673,9 +674,9 @@ mint_claimed(struct credcache *cc, const struct target *t, uint64_t claim_id, st
 
 	shm_unlock(cc->shm);
 	lb_error_clear(mint_err);
-	started_ms = shm_monotonic_ms();
+	started_ms = clock_monotonic_ms();
 	rc = mint(cc, t, need_role, m, mint_err);
-	metrics_refresh_duration((long long)(shm_monotonic_ms() - started_ms) * 1000);
+	metrics_refresh_duration((long long)(clock_monotonic_ms() - started_ms) * 1000);
 	shm_lock(cc->shm);
 	publish(cc, t, claim_id, rc, m, mint_err, report);
 	return rc;
@@ -698,7 +699,7 @@ refresh(struct credcache *cc, struct target *t, struct credential *out, struct l
 	int rc;
 
 	claim_id = shm_claim(cc->shm, (uint32_t)t->index,
-			     shm_monotonic_ms() + claim_bound_ms(cc, t->kind));
+			     clock_monotonic_ms() + claim_bound_ms(cc, t->kind));
 	rc = mint_claimed(cc, t, claim_id, &m, &mint_err, report);
 
 	sl = shm_slot(cc->shm, (uint32_t)t->index);
@@ -798,7 +799,7 @@ hand_off_refresh(struct credcache *cc, const struct target *t)
 	pthread_mutex_lock(&cc->stop_lock);
 	if (!cc->stopping && cc->nhandoffs < HANDOFF_MAX) {
 		h->claim_id = shm_claim(cc->shm, (uint32_t)t->index,
-					shm_monotonic_ms() + claim_bound_ms(cc, t->kind));
+					clock_monotonic_ms() + claim_bound_ms(cc, t->kind));
 		*cc->handoffs_tail = h;
 		cc->handoffs_tail = &h->next;
 		cc->nhandoffs++;
@@ -878,7 +879,7 @@ static int
 acquire_locked(struct credcache *cc, struct target *t, struct credential *out,
 	       struct lb_error *err, struct refresh_report *report)
 {
-	int64_t wait_until = shm_monotonic_ms() + claim_bound_ms(cc, t->kind) + 1000;
+	int64_t wait_until = clock_monotonic_ms() + claim_bound_ms(cc, t->kind) + 1000;
 	struct shm_slot *sl;
 	bool claimed, waited = false;
 	uint32_t generation = 0;
@@ -899,7 +900,7 @@ acquire_locked(struct credcache *cc, struct target *t, struct credential *out,
 		if (waited && waited_index == t->index && sl->generation != generation &&
 		    sl->last_failed)
 			return share_failure(sl, err);	/* rather than queue another retry cycle */
-		if (shm_monotonic_ms() >= wait_until)
+		if (clock_monotonic_ms() >= wait_until)
 			return lb_error_fail(err, LB_ERR_UNAVAILABLE, LB_TRANSIENT, MSG_UNAVAILABLE,
 					     "timed out waiting for another process's credential refresh");
 		if (!waited)
@@ -999,7 +1000,7 @@ static bool
 refresher_role(struct credcache *cc)
 {
 	struct shm_header *h = shm_header(cc->shm);
-	int64_t now_ms = shm_monotonic_ms();
+	int64_t now_ms = clock_monotonic_ms();
 	uint64_t start = shm_self_start();
 	pid_t me = getpid();
 	char previous[16];
@@ -1097,7 +1098,7 @@ refresh_one_due(struct credcache *cc)
 		t.bearer = bearer;
 	}
 	/* Our heartbeat stops while we mint: say how long that may take. */
-	shm_header(cc->shm)->refresher_deadline_ms = shm_monotonic_ms() +
+	shm_header(cc->shm)->refresher_deadline_ms = clock_monotonic_ms() +
 		claim_bound_ms(cc, t.kind) + REFRESHER_STALE_MS;
 	lb_error_clear(&err);
 	refresh(cc, &t, &out, &err, &report);
@@ -1118,12 +1119,7 @@ refresher_main(void *arg)
 
 	for (;;) {
 		pthread_mutex_lock(&cc->stop_lock);
-		clock_gettime(CLOCK_MONOTONIC, &deadline);
-		deadline.tv_nsec += REFRESHER_TICK_MS * 1000000L;
-		while (deadline.tv_nsec >= 1000000000L) {
-			deadline.tv_sec++;
-			deadline.tv_nsec -= 1000000000L;
-		}
+		clock_deadline_ms(&deadline, CLOCK_MONOTONIC, REFRESHER_TICK_MS);
 		while (!cc->stopping &&
 		       pthread_cond_timedwait(&cc->stop_cond, &cc->stop_lock, &deadline) != ETIMEDOUT)
 			;
@@ -1323,7 +1319,7 @@ format_time(char *buf, size_t size, int64_t t)
 static void
 format_refresh_state(char *buf, size_t size, const struct shm_slot *sl, time_t now)
 {
-	int64_t now_ms = shm_monotonic_ms();
+	int64_t now_ms = clock_monotonic_ms();
 
 	if (sl->claim_pid != 0)
 		snprintf(buf, size, "refreshing (pid %ld, deadline in %llds)", (long)sl->claim_pid,

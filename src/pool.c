@@ -19,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "log.h"
 #include "metrics.h"
 #include "pool.h"
@@ -96,29 +97,6 @@ struct conn_budget {
 	struct pool *pools;       /* every pool sharing the budget */
 	struct conn_budget_host host; /* host.take NULL: no host-wide cap */
 };
-
-static int64_t
-monotonic_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void
-deadline_after_ms(struct timespec *ts, int ms)
-{
-	clock_gettime(CLOCK_MONOTONIC, ts);
-	if (ms <= 0)
-		return;
-	ts->tv_sec += ms / 1000;
-	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts->tv_nsec >= 1000000000L) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000L;
-	}
-}
 
 /* Marks err (already set to LB_ERR_UNAVAILABLE) as worth retrying soon. */
 static void
@@ -271,7 +249,7 @@ connect_poll(PGconn *pg, int64_t deadline_ms)
 		pfd.revents = 0;
 		left = -1;
 		if (deadline_ms > 0) {
-			left = deadline_ms - monotonic_ms();
+			left = deadline_ms - clock_monotonic_ms();
 			if (left <= 0)
 				return -2;
 		}
@@ -299,7 +277,7 @@ pool_connect(const struct lb_config *cfg, int connect_timeout_ms,
 
 	lb_error_clear(err);
 	if (connect_timeout_ms > 0)
-		deadline_ms = monotonic_ms() + connect_timeout_ms;
+		deadline_ms = clock_monotonic_ms() + connect_timeout_ms;
 	memset(&p, 0, sizeof(p));
 	snprintf(port, sizeof(port), "%d", cfg->pg_port);
 	rootcert = cfg->pg_sslrootcert;
@@ -640,7 +618,7 @@ budget_wait(struct conn_budget *b, const struct timespec *deadline, bool host_fu
 	struct timespec until = *deadline, poll, now;
 
 	if (host_full) {
-		deadline_after_ms(&poll, HOST_POLL_MS);
+		clock_deadline_ms(&poll, CLOCK_MONOTONIC, HOST_POLL_MS);
 		if (timespec_before(&poll, &until))
 			until = poll;
 	}
@@ -1020,7 +998,7 @@ pool_acquire_as(struct pool *pool, const struct pool_source *source, struct pool
 		source = &pool->source;
 	lb_error_clear(err);
 	*out = NULL;
-	deadline_after_ms(&deadline, pool->settings.acquire_timeout_ms);
+	clock_deadline_ms(&deadline, CLOCK_MONOTONIC, pool->settings.acquire_timeout_ms);
 	for (;;) {
 		pthread_mutex_lock(&pool->lock);
 		took = take_locked(pool, &deadline, &conn);
@@ -1143,7 +1121,7 @@ pool_release(struct pool *pool, struct pool_conn *conn, bool broken)
 		close_replaced(pool, conn, problem);
 		conn = spare;
 	}
-	now_ms = monotonic_ms();
+	now_ms = clock_monotonic_ms();
 	pthread_mutex_lock(&pool->lock);
 	if ((spare = spare_for_locked(pool, conn, now)) != NULL) {
 		replaced = conn;
@@ -1235,7 +1213,7 @@ detach_idle_locked(struct pool *pool, bool shutdown)
 {
 	struct pool_conn *list = NULL, *conn;
 	time_t now = time(NULL);
-	int64_t now_ms = monotonic_ms();
+	int64_t now_ms = clock_monotonic_ms();
 	const char *reason;
 	int kept = 0;
 
@@ -1346,7 +1324,7 @@ settle_spare(struct pool *pool)
 	pthread_mutex_lock(&pool->lock);
 	spare = pool->spare;
 	pool->spare = NULL;
-	if (spare != NULL && now < spare->renew_at && monotonic_ms() - spare->last_used_ms < SPARE_PARK_MAX_MS)
+	if (spare != NULL && now < spare->renew_at && clock_monotonic_ms() - spare->last_used_ms < SPARE_PARK_MAX_MS)
 		placed = place_fresh_locked(pool, spare, now, &replaced);
 	pthread_mutex_unlock(&pool->lock);
 	if (spare != NULL && placed == PLACED_NOWHERE)
@@ -1377,7 +1355,7 @@ renew_login_first(struct pool *pool, const struct credential *cred)
 		budget_give(pool->budget, 1);
 		return PLACED_NOWHERE;
 	}
-	fresh->last_used_ms = monotonic_ms();   /* parked since, if parked */
+	fresh->last_used_ms = clock_monotonic_ms();   /* parked since, if parked */
 	pthread_mutex_lock(&pool->lock);
 	placed = place_fresh_locked(pool, fresh, time(NULL), &replaced);
 	pthread_mutex_unlock(&pool->lock);

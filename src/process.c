@@ -352,11 +352,3 @@ proc_cpu_count(void)
 	return n > 0 ? (int)n : 1;
 }
 
-long long
-proc_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}

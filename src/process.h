@@ -57,7 +57,4 @@ void proc_notify(const char *state);
 /* Online CPUs, at least 1. */
 int proc_cpu_count(void);
 
-/* Monotonic milliseconds. */
-long long proc_now_ms(void);
-
 #endif

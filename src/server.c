@@ -30,6 +30,7 @@
 
 #include <fcgiapp.h>
 
+#include "clock.h"
 #include "log.h"
 #include "process.h"
 #include "responder.h"
@@ -225,7 +226,7 @@ accept_failed(int rc)
 
 	if (rc == -EAGAIN || rc == -EWOULDBLOCK || rc == -EINTR || rc == -ECONNABORTED)
 		return;
-	now = proc_now_ms();
+	now = clock_monotonic_ms();
 	if (now - atomic_load(&last_logged_ms) >= 10000) {
 		atomic_store(&last_logged_ms, now);
 		log_warn("accepting a FastCGI connection failed", "error", rc < 0 && rc > -4096 ? strerror(-rc) : "libfcgi");
@@ -376,7 +377,7 @@ static int
 drain(struct server *srv, const sigset_t *set)
 {
 	const struct lb_config *cfg = srv->opt->cfg;
-	long long deadline = proc_now_ms() + cfg->shutdown_grace_ms;
+	long long deadline = clock_monotonic_ms() + cfg->shutdown_grace_ms;
 	struct timespec tick = { 0, DRAIN_TICK_MS * 1000000L };
 	char count[16], grace[16];
 	int sig;
@@ -387,7 +388,7 @@ drain(struct server *srv, const sigset_t *set)
 		 "reason", atomic_load(&srv->retiring) ? "max_requests reached" : NULL);
 	begin_stop(srv);
 	while (reap_threads(srv) > 0) {
-		if (proc_now_ms() >= deadline) {
+		if (clock_monotonic_ms() >= deadline) {
 			snprintf(count, sizeof(count), "%d", atomic_load(&srv->in_flight));
 			log_error("shutdown grace period over: abandoning the requests still running",
 				  "in_flight", count, "grace_ms", grace);

@@ -25,6 +25,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include "clock.h"
 #include "log.h"
 #include "shm.h"
 
@@ -75,15 +76,6 @@ const char *
 shm_counter_name(enum shm_counter c)
 {
 	return c < SHM_COUNTER__COUNT ? counter_names[c] : "?";
-}
-
-int64_t
-shm_monotonic_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void
@@ -421,7 +413,7 @@ shm_claim_active(struct shm *s, uint32_t index)
 	if (sl->claim_pid == 0)
 		return false;
 	dead = !shm_proc_alive(sl->claim_pid, sl->claim_start);
-	if (!dead && shm_monotonic_ms() <= sl->claim_deadline_ms)
+	if (!dead && clock_monotonic_ms() <= sl->claim_deadline_ms)
 		return true;
 	snprintf(pid, sizeof(pid), "%ld", (long)sl->claim_pid);
 	log_warn("credential cache: taking over a stale refresh claim",
@@ -683,13 +675,8 @@ shm_lock_timed(struct shm *s, int timeout_ms)
 	struct timespec ts;
 	int rc;
 
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += timeout_ms / 1000;
-	ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
+	/* pthread_mutex_timedlock waits on the realtime clock. */
+	clock_deadline_ms(&ts, CLOCK_REALTIME, timeout_ms);
 	rc = pthread_mutex_timedlock(&s->h->lock, &ts);
 	if (rc == ETIMEDOUT)
 		return -1;
@@ -1047,7 +1034,7 @@ static int
 lock_and_prepare(int fd, uint32_t nslots, bool create, const char *key, const char *path,
 		 struct lb_error *err)
 {
-	int64_t deadline = shm_monotonic_ms() + ATTACH_TIMEOUT_MS;
+	int64_t deadline = clock_monotonic_ms() + ATTACH_TIMEOUT_MS;
 	enum seg_state state;
 	char why[160] = "";
 	int seen_incompatible = 0;
@@ -1080,10 +1067,10 @@ lock_and_prepare(int fd, uint32_t nslots, bool create, const char *key, const ch
 				return refuse_state(state, why, create, key, path, err);
 		}
 		/* Someone initialises (LOCK_EX), or holds it incompatible: look again. */
-		if (shm_monotonic_ms() > deadline)
+		if (clock_monotonic_ms() > deadline)
 			return attach_fail(err, key, path, "timed out after %d ms waiting for another "
 					   "process to initialise it", ATTACH_TIMEOUT_MS);
-		sleep_ms(ATTACH_POLL_MS + (long)(shm_monotonic_ms() % 7));
+		sleep_ms(ATTACH_POLL_MS + (long)(clock_monotonic_ms() % 7));
 	}
 }
 

@@ -275,7 +275,6 @@ bool shm_proc_alive(pid_t pid, uint64_t start);
 /* This process's start time (cached per pid). */
 uint64_t shm_self_start(void);
 
-int64_t shm_monotonic_ms(void);
 const char *shm_counter_name(enum shm_counter c);
 
 #endif

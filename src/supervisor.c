@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "log.h"
 #include "process.h"
 #include "server.h"
@@ -107,7 +108,7 @@ add_child(struct supervisor *sv, pid_t pid, unsigned generation)
 		sv->children = grown;
 		sv->cap = cap;
 	}
-	sv->children[sv->nchildren++] = (struct child){ pid, generation, false, false, proc_now_ms() };
+	sv->children[sv->nchildren++] = (struct child){ pid, generation, false, false, clock_monotonic_ms() };
 	return 0;
 }
 
@@ -230,7 +231,7 @@ static void begin_stop(struct supervisor *sv, const char *why, int exit_status);
 static void
 replace_worker(struct supervisor *sv, const struct child *c, int status)
 {
-	long long up = proc_now_ms() - c->started_ms, delay;
+	long long up = clock_monotonic_ms() - c->started_ms, delay;
 	char pid[16], uptime[24], what[16], value[16], in[24], deaths[16];
 
 	snprintf(pid, sizeof(pid), "%ld", (long)c->pid);
@@ -258,16 +259,16 @@ replace_worker(struct supervisor *sv, const struct child *c, int status)
 	else
 		log_error("worker died: restarting it", "pid", pid, what, value, "uptime_ms", uptime);
 	sv->pending_starts++;
-	if (proc_now_ms() + delay > sv->restart_at_ms)
-		sv->restart_at_ms = proc_now_ms() + delay;
+	if (clock_monotonic_ms() + delay > sv->restart_at_ms)
+		sv->restart_at_ms = clock_monotonic_ms() + delay;
 }
 
 static void
 start_pending(struct supervisor *sv)
 {
-	while (sv->pending_starts > 0 && !sv->stopping && proc_now_ms() >= sv->restart_at_ms) {
+	while (sv->pending_starts > 0 && !sv->stopping && clock_monotonic_ms() >= sv->restart_at_ms) {
 		if (spawn_worker(sv, sv->opt->cfg, sv->generation) != 0) {
-			sv->restart_at_ms = proc_now_ms() + 1000;
+			sv->restart_at_ms = clock_monotonic_ms() + 1000;
 			return;
 		}
 		sv->pending_starts--;
@@ -338,7 +339,7 @@ begin_reload(struct supervisor *sv)
 		cfg->workers = sv->opt->cfg->workers;
 	}
 	sv->next_cfg = cfg;
-	sv->reload_deadline_ms = proc_now_ms() + RELOAD_START_MS;
+	sv->reload_deadline_ms = clock_monotonic_ms() + RELOAD_START_MS;
 	n = supervisor_workers(cfg);
 	for (int i = 0; i < n; i++) {
 		if (spawn_worker(sv, cfg, sv->generation + 1) != 0) {
@@ -460,26 +461,26 @@ begin_stop(struct supervisor *sv, const char *why, int exit_status)
 	snprintf(grace_text, sizeof(grace_text), "%d", grace);
 	log_info("stopping: workers finish their in-flight requests", "reason", why, "grace_ms", grace_text);
 	signal_generation(sv, 0, true, SIGTERM);
-	sv->stop_deadline_ms = proc_now_ms() + grace + STOP_MARGIN_MS;
+	sv->stop_deadline_ms = clock_monotonic_ms() + grace + STOP_MARGIN_MS;
 	sv->pending_starts = 0;
 }
 
 static void
 quit_now(struct supervisor *sv)
 {
-	long long deadline = proc_now_ms() + QUIT_WAIT_MS;
+	long long deadline = clock_monotonic_ms() + QUIT_WAIT_MS;
 
 	log_warn("SIGQUIT: stopping every worker immediately");
 	sv->stopping = true;
 	sv->exit_status = 1;
 	signal_generation(sv, 0, true, SIGQUIT);
-	while (sv->nchildren > 0 && proc_now_ms() < deadline) {
+	while (sv->nchildren > 0 && clock_monotonic_ms() < deadline) {
 		struct timespec tick = { 0, 20 * 1000000L };
 
 		nanosleep(&tick, NULL);
 		reap_children(sv);
 	}
-	sv->stop_deadline_ms = proc_now_ms();
+	sv->stop_deadline_ms = clock_monotonic_ms();
 }
 
 static void
@@ -539,7 +540,7 @@ handle_signals(struct supervisor *sv)
 static int
 next_timeout(const struct supervisor *sv)
 {
-	long long now = proc_now_ms(), next = -1;
+	long long now = clock_monotonic_ms(), next = -1;
 
 	if (sv->pending_starts > 0 && !sv->stopping)
 		next = sv->restart_at_ms;
@@ -555,7 +556,7 @@ next_timeout(const struct supervisor *sv)
 static void
 handle_timers(struct supervisor *sv)
 {
-	long long now = proc_now_ms();
+	long long now = clock_monotonic_ms();
 
 	start_pending(sv);
 	if (sv->reload_deadline_ms > 0 && now >= sv->reload_deadline_ms)
@@ -612,7 +613,7 @@ supervisor_run(struct supervisor_options *opt)
 	for (int i = 0; i < supervisor_workers(opt->cfg); i++) {
 		if (spawn_worker(&sv, opt->cfg, sv.generation) != 0) {
 			sv.pending_starts++;
-			sv.restart_at_ms = proc_now_ms() + 1000;
+			sv.restart_at_ms = clock_monotonic_ms() + 1000;
 		}
 	}
 	while (!(sv.stopping && sv.nchildren == 0)) {

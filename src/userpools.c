@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "log.h"
 #include "userpools.h"
 
@@ -61,15 +62,6 @@ struct user_source {
 	struct credcache *creds;
 	const struct identity *id;
 };
-
-static int64_t
-monotonic_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static int
 user_credential(void *ctx, struct credential *out, struct lb_error *err)
@@ -325,13 +317,7 @@ pin_entry_locked(struct userpools *up, const struct identity *id, struct user_en
 	struct timespec deadline;
 	size_t b;
 
-	clock_gettime(CLOCK_MONOTONIC, &deadline);
-	deadline.tv_sec += up->cfg->user_pool.acquire_timeout_ms / 1000;
-	deadline.tv_nsec += (long)(up->cfg->user_pool.acquire_timeout_ms % 1000) * 1000000L;
-	if (deadline.tv_nsec >= 1000000000L) {
-		deadline.tv_sec++;
-		deadline.tv_nsec -= 1000000000L;
-	}
+	clock_deadline_ms(&deadline, CLOCK_MONOTONIC, up->cfg->user_pool.acquire_timeout_ms);
 	if (!make_room_locked(up, id, &deadline, victim)) {
 		lb_error_set(err, LB_ERR_UNAVAILABLE, MSG_TOO_MANY_USERS,
 			     "all %d user pools stayed in use for %d ms", up->cfg->max_user_pools,
@@ -357,7 +343,7 @@ pin_entry_locked(struct userpools *up, const struct identity *id, struct user_en
 	}
 	lru_push_front(up, e);
 	e->refs++;
-	e->last_used_ms = monotonic_ms();
+	e->last_used_ms = clock_monotonic_ms();
 	return e;
 }
 
@@ -477,7 +463,7 @@ userpools_release(struct userpools *up, struct user_lease *lease, bool broken)
 		return;
 	pool_release(e->pool, lease->conn, broken);
 	pthread_mutex_lock(&up->lock);
-	e->last_used_ms = monotonic_ms();
+	e->last_used_ms = clock_monotonic_ms();
 	dead = unpin_locked(up, e);
 	pthread_mutex_unlock(&up->lock);
 	entry_free(dead);
@@ -522,7 +508,7 @@ userpools_reap(struct userpools *up)
 	free(pinned);
 
 	pthread_mutex_lock(&up->lock);
-	now_ms = monotonic_ms();
+	now_ms = clock_monotonic_ms();
 	for (e = up->lru_head; e != NULL; e = next) {
 		next = e->lru_next;
 		if (is_expendable(up, e, now_ms)) {

@@ -16,6 +16,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "clock.h"
 #include "credential.h"
 #include "identity.h"
 #include "log.h"
@@ -76,15 +77,6 @@ struct checkout {
 	struct user_lease lease;
 };
 
-static long long
-monotonic_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* ---- credential sources for the pools ---- */
 
 static int
@@ -137,13 +129,7 @@ maintenance_main(void *arg)
 
 	pthread_mutex_lock(&w->lock);
 	while (!w->stopping) {
-		clock_gettime(CLOCK_MONOTONIC, &deadline);
-		deadline.tv_sec += interval_ms / 1000;
-		deadline.tv_nsec += (long)(interval_ms % 1000) * 1000000L;
-		if (deadline.tv_nsec >= 1000000000L) {
-			deadline.tv_sec++;
-			deadline.tv_nsec -= 1000000000L;
-		}
+		clock_deadline_ms(&deadline, CLOCK_MONOTONIC, interval_ms);
 		pthread_cond_timedwait(&w->wake, &w->lock, &deadline);
 		if (w->stopping)
 			break;
@@ -300,7 +286,7 @@ log_request(struct request_ctx *rc)
 {
 	char status[TEXT_UINT_MAX], duration[TEXT_UINT_MAX];
 	bool failed = rc->resp->status >= 400;
-	long long elapsed_ms = monotonic_ms() - rc->started_ms;
+	long long elapsed_ms = clock_monotonic_ms() - rc->started_ms;
 
 	text_uint(status, (unsigned)rc->resp->status);
 	text_uint(duration, (unsigned long long)(elapsed_ms > 0 ? elapsed_ms : 0));
@@ -754,7 +740,7 @@ add_cache_headers(struct request_ctx *rc)
 void
 worker_handle(struct worker *w, struct http_request *req, struct http_response *resp)
 {
-	struct request_ctx rc = { .w = w, .req = req, .resp = resp, .started_ms = monotonic_ms() };
+	struct request_ctx rc = { .w = w, .req = req, .resp = resp, .started_ms = clock_monotonic_ms() };
 	struct route_match m = { NULL, NULL };
 
 	response_add_header(resp, "X-Request-Id", req->request_id);
@@ -776,7 +762,7 @@ void
 worker_reject(struct worker *w, struct http_request *req, const struct lb_error *err,
 	      struct http_response *resp)
 {
-	struct request_ctx rc = { .w = w, .req = req, .resp = resp, .started_ms = monotonic_ms() };
+	struct request_ctx rc = { .w = w, .req = req, .resp = resp, .started_ms = clock_monotonic_ms() };
 
 	rc.err = *err;
 	response_add_header(resp, "X-Request-Id", req->request_id);

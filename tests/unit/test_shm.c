@@ -28,6 +28,7 @@
 
 /* By path: the build root holds autoconf's own config.h. */
 #include "../../src/config.h"
+#include "clock.h"
 #include "log.h"
 #include "shm.h"
 #include "unit.h"
@@ -462,12 +463,12 @@ static void *
 wait_thread(void *arg)
 {
 	struct waiter *w = arg;
-	int64_t t0 = shm_monotonic_ms();
+	int64_t t0 = clock_monotonic_ms();
 
 	shm_lock(w->s);
 	shm_wait(w->s, 5000);
 	shm_unlock(w->s);
-	w->waited_ms = shm_monotonic_ms() - t0;
+	w->waited_ms = clock_monotonic_ms() - t0;
 	return NULL;
 }
 
@@ -495,9 +496,9 @@ test_wait_wake_survives_killed_waiter(void)
 		_exit(0);
 	}
 	/* Until the child waits (the waiter count says so), then kill it there. */
-	t0 = shm_monotonic_ms();
+	t0 = clock_monotonic_ms();
 	while (__atomic_load_n(&shm_header(w.s)->waiters, __ATOMIC_SEQ_CST) == 0 &&
-	       shm_monotonic_ms() - t0 < 5000)
+	       clock_monotonic_ms() - t0 < 5000)
 		usleep(1000);
 	kill(pid, SIGKILL);
 	waitpid(pid, NULL, 0);
@@ -505,20 +506,20 @@ test_wait_wake_survives_killed_waiter(void)
 	alarm(20);	/* a hang here kills the runner: a failure, never a stuck CI */
 	CU_ASSERT_EQUAL_FATAL(pthread_create(&thread, NULL, wait_thread, &w), 0);
 	usleep(100000);
-	t1 = shm_monotonic_ms();
+	t1 = clock_monotonic_ms();
 	shm_lock(w.s);
 	shm_wake_all(w.s);
 	shm_unlock(w.s);
-	CU_ASSERT_TRUE(shm_monotonic_ms() - t1 < 1000);
+	CU_ASSERT_TRUE(clock_monotonic_ms() - t1 < 1000);
 	pthread_join(thread, NULL);
 	alarm(0);
 	CU_ASSERT_TRUE(w.waited_ms < 2000);	/* woken, not timed out at 5 s */
 
 	/* Without a wake, a wait ends at its timeout. */
 	shm_lock(w.s);
-	t0 = shm_monotonic_ms();
+	t0 = clock_monotonic_ms();
 	shm_wait(w.s, 50);
-	t1 = shm_monotonic_ms();
+	t1 = clock_monotonic_ms();
 	shm_unlock(w.s);
 	CU_ASSERT_TRUE(t1 - t0 >= 40 && t1 - t0 < 2000);
 	shm_detach(w.s);
@@ -546,7 +547,7 @@ test_eviction_lru_skips_refreshing_slots(void)
 	give_credential(s, b, "credential-b");
 	give_credential(s, c, "credential-c");
 	shm_touch(s, (uint32_t)a);	/* LRU order now: b, c, a */
-	shm_claim(s, (uint32_t)b, shm_monotonic_ms() + 60000);	/* b is being refreshed */
+	shm_claim(s, (uint32_t)b, clock_monotonic_ms() + 60000);	/* b is being refreshed */
 	CU_ASSERT_TRUE(shm_claim_active(s, (uint32_t)b));
 
 	d = shm_insert(s, "d@example.com", FP_D, &err);
@@ -566,8 +567,8 @@ test_eviction_lru_skips_refreshing_slots(void)
 	CU_ASSERT_EQUAL(shm_find(s, "d@example.com", FP_D), d);
 
 	/* Every user slot being refreshed: refused, nothing evicted. */
-	shm_claim(s, (uint32_t)d, shm_monotonic_ms() + 60000);
-	shm_claim(s, (uint32_t)e, shm_monotonic_ms() + 60000);
+	shm_claim(s, (uint32_t)d, clock_monotonic_ms() + 60000);
+	shm_claim(s, (uint32_t)e, clock_monotonic_ms() + 60000);
 	CU_ASSERT_EQUAL(shm_insert(s, "f@example.com", FP_A, &err), -1);
 	CU_ASSERT_EQUAL(err.code, LB_ERR_UNAVAILABLE);
 	CU_ASSERT_TRUE(contains(err.detail, "credential cache full"));
@@ -699,7 +700,7 @@ test_stale_claims_are_taken_over(void)
 	shm_lock(s);
 	a = shm_insert(s, "a@example.com", FP_A, &err);
 	/* Past its deadline, though alive (us): taken over. */
-	shm_claim(s, (uint32_t)a, shm_monotonic_ms() - 1);
+	shm_claim(s, (uint32_t)a, clock_monotonic_ms() - 1);
 	CU_ASSERT_FALSE(shm_claim_active(s, (uint32_t)a));
 	CU_ASSERT_EQUAL(shm_slot(s, (uint32_t)a)->claim_pid, 0);
 	CU_ASSERT_EQUAL(shm_header(s)->counters[SHM_CLAIM_TAKEOVERS], 1);
@@ -711,7 +712,7 @@ test_stale_claims_are_taken_over(void)
 	CU_ASSERT_FATAL(pid >= 0);
 	if (pid == 0) {
 		shm_lock(s);
-		shm_claim(s, (uint32_t)a, shm_monotonic_ms() + 600000);
+		shm_claim(s, (uint32_t)a, clock_monotonic_ms() + 600000);
 		shm_unlock(s);
 		if (write(pipefd[1], "x", 1) != 1)
 			_exit(1);

@@ -7,6 +7,7 @@
 
 #include <CUnit/CUnit.h>
 
+void register_clock_tests(void);
 void register_strbuf_tests(void);
 void register_config_tests(void);
 void register_router_tests(void);

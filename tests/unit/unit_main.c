@@ -16,6 +16,7 @@ main(void)
 
 	if (CU_initialize_registry() != CUE_SUCCESS)
 		return 2;
+	register_clock_tests();
 	register_strbuf_tests();
 	register_config_tests();
 	register_router_tests();
