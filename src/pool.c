@@ -975,6 +975,15 @@ ask_renewal(struct pool *pool, struct pool_conn *conn, const struct pool_source 
 	credential_clear(&cred);
 }
 
+/* Past renew_at, and past the second a previous ask put off asking again. */
+static bool
+renewal_to_ask(const struct pool_conn *conn)
+{
+	time_t now = time(NULL);
+
+	return now >= conn->renew_at && now >= conn->ask_after;
+}
+
 int
 pool_acquire(struct pool *pool, struct pool_conn **out, struct lb_error *err)
 {
@@ -1018,8 +1027,7 @@ pool_acquire_as(struct pool *pool, const struct pool_source *source, struct pool
 		problem = idle_conn_problem(conn);
 		if (problem == NULL) {
 			conn->fresh = false;
-			if (!conn->newer_credential && time(NULL) >= conn->renew_at &&
-			    time(NULL) >= conn->ask_after)
+			if (!conn->newer_credential && renewal_to_ask(conn))
 				ask_renewal(pool, conn, source);
 			*out = conn;
 			return 0;
@@ -1109,21 +1117,16 @@ pool_release(struct pool *pool, struct pool_conn *conn, bool broken)
 		problem = "evicted";
 	if (problem == NULL && close_for_renewal(pool, conn))
 		problem = "renewed";
-	if (problem != NULL) {
-		pthread_mutex_lock(&pool->lock);
-		spare = spare_for_locked(pool, conn, now);
-		pthread_mutex_unlock(&pool->lock);
-		if (spare == NULL) {
-			close_busy(pool, conn, problem);
-			return;
-		}
-		/* The renewal's connection takes the place of the closed one. */
-		close_replaced(pool, conn, problem);
-		conn = spare;
-	}
 	now_ms = clock_monotonic_ms();
 	pthread_mutex_lock(&pool->lock);
-	if ((spare = spare_for_locked(pool, conn, now)) != NULL) {
+	spare = spare_for_locked(pool, conn, now);
+	if (spare == NULL && problem != NULL) {
+		pthread_mutex_unlock(&pool->lock);
+		close_busy(pool, conn, problem);
+		return;
+	}
+	if (spare != NULL) {
+		/* A renewal's connection takes this one's place. */
 		replaced = conn;
 		conn = spare;
 	}
@@ -1135,7 +1138,7 @@ pool_release(struct pool *pool, struct pool_conn *conn, bool broken)
 	handed_over = pool->nidle == 0;
 	pthread_mutex_unlock(&pool->lock);
 	if (replaced != NULL)
-		close_replaced(pool, replaced, "renewed");
+		close_replaced(pool, replaced, problem != NULL ? problem : "renewed");
 	if (!handed_over)
 		budget_notify(pool->budget);
 }
@@ -1361,9 +1364,10 @@ renew_login_first(struct pool *pool, const struct credential *cred)
 	pthread_mutex_unlock(&pool->lock);
 	if (placed == PLACED_NOWHERE)
 		close_replaced(pool, fresh, "evicted");
+	else
+		log_debug("pool connection renewal logged in", "pool", pool->label);
 	if (replaced != NULL)
 		close_replaced(pool, replaced, "renewed");
-	log_debug("pool connection renewal logged in", "pool", pool->label);
 	return placed;
 }
 
