@@ -33,6 +33,18 @@
 /* A renewal's parked connection that no due connection took this long
  * (the one due is held by a long statement, or was closed) is closed. */
 #define SPARE_PARK_MAX_MS 5000
+/*
+ * A renewal login that fails (the role's CONNECTION LIMIT or the server's
+ * max_connections refuses a second connection, the server is down, the
+ * credential is refused) pauses the pool's renewals, from RENEW_PAUSE_MIN_MS
+ * doubling to RENEW_PAUSE_MAX_MS, so a lasting refusal costs one login and
+ * one log line per pause, not one per maintenance pass. A failed second
+ * connection also makes the pool renew in place (close, then log in again:
+ * no extra connection) for SECOND_LOGIN_PAUSE_MS.
+ */
+#define RENEW_PAUSE_MIN_MS 1000
+#define RENEW_PAUSE_MAX_MS 30000
+#define SECOND_LOGIN_PAUSE_MS (10 * 60 * 1000)
 
 struct pool_conn {
 	PGconn *pg;
@@ -86,6 +98,10 @@ struct pool {
 	 */
 	struct pool_conn *spare;
 	atomic_int asked;         /* connections with newer_credential set: due, and a newer credential exists */
+	/* Failed renewal logins (under the lock; see RENEW_PAUSE_MIN_MS). */
+	int renew_failures;       /* in a row */
+	int64_t renew_paused_until_ms;   /* monotonic: no renewal login before */
+	int64_t in_place_until_ms;       /* monotonic: no second connection before */
 };
 
 struct conn_budget {
@@ -1268,11 +1284,13 @@ due_idle_locked(const struct pool *pool, time_t now, time_t newer)
 }
 
 /* With the lock held: would a login with a credential that expires at
- * `newer` (0: whichever) renew a connection? */
+ * `newer` (0: whichever) renew a connection, and may it be tried now? */
 static bool
 renewal_wanted_locked(const struct pool *pool, time_t now, time_t newer)
 {
 	if (pool->retired || pool->spare != NULL)
+		return false;
+	if (pool->renew_failures > 0 && clock_monotonic_ms() < pool->renew_paused_until_ms)
 		return false;
 	return atomic_load_explicit(&pool->asked, memory_order_relaxed) > 0 ||
 	       due_idle_locked(pool, now, newer) >= 0;
@@ -1338,6 +1356,52 @@ settle_spare(struct pool *pool)
 }
 
 /*
+ * A renewal login failed: pauses the pool's renewals (see
+ * RENEW_PAUSE_MIN_MS) and, if it was a second connection's, its second
+ * connections. Logs why, with the pause.
+ */
+static void
+renewal_failed(struct pool *pool, bool second_connection, const char *detail)
+{
+	int64_t now_ms = clock_monotonic_ms(), pause_ms = RENEW_PAUSE_MIN_MS;
+	char pause[24];
+
+	pthread_mutex_lock(&pool->lock);
+	for (int i = 0; i < pool->renew_failures && pause_ms < RENEW_PAUSE_MAX_MS; i++)
+		pause_ms *= 2;
+	if (pause_ms > RENEW_PAUSE_MAX_MS)
+		pause_ms = RENEW_PAUSE_MAX_MS;
+	pool->renew_failures++;
+	pool->renew_paused_until_ms = now_ms + pause_ms;
+	if (second_connection)
+		pool->in_place_until_ms = now_ms + SECOND_LOGIN_PAUSE_MS;
+	pthread_mutex_unlock(&pool->lock);
+	snprintf(pause, sizeof(pause), "%lld", (long long)pause_ms);
+	log_info(second_connection ? "pool connection renewal failed" : "pool connection renewal failed: closed",
+		 "pool", pool->label, "detail", detail, "next_try_ms", pause);
+}
+
+static void
+renewal_succeeded(struct pool *pool)
+{
+	pthread_mutex_lock(&pool->lock);
+	pool->renew_failures = 0;
+	pthread_mutex_unlock(&pool->lock);
+}
+
+/* May a renewal log in a second connection now (rather than in place)? */
+static bool
+second_connection_allowed(struct pool *pool)
+{
+	bool allowed;
+
+	pthread_mutex_lock(&pool->lock);
+	allowed = clock_monotonic_ms() >= pool->in_place_until_ms;
+	pthread_mutex_unlock(&pool->lock);
+	return allowed;
+}
+
+/*
  * Logs in a due connection's replacement with `cred` while the due ones go
  * on serving (its budget unit is taken), then places it. PLACED_NOWHERE:
  * the login failed, or the pool was retired meanwhile.
@@ -1352,12 +1416,12 @@ renew_login_first(struct pool *pool, const struct credential *cred)
 	lb_error_clear(&err);
 	fresh = calloc(1, sizeof(*fresh));
 	if (fresh == NULL || conn_log_in(pool, fresh, cred, &err) != 0) {
-		log_info("pool connection renewal failed", "pool", pool->label,
-			 "detail", fresh != NULL ? err.detail : "out of memory");
+		renewal_failed(pool, true, fresh != NULL ? err.detail : "out of memory");
 		conn_free(fresh);
 		budget_give(pool->budget, 1);
 		return PLACED_NOWHERE;
 	}
+	renewal_succeeded(pool);
 	fresh->last_used_ms = clock_monotonic_ms();   /* parked since, if parked */
 	pthread_mutex_lock(&pool->lock);
 	placed = place_fresh_locked(pool, fresh, time(NULL), &replaced);
@@ -1417,11 +1481,12 @@ renew_in_place(struct pool *pool, const struct credential *cred)
 	metrics_conn_closed("renewed");
 	lb_error_clear(&err);
 	if (conn_log_in(pool, conn, cred, &err) != 0) {
-		log_info("pool connection renewal failed: closed", "pool", pool->label, "detail", err.detail);
+		renewal_failed(pool, false, err.detail);
 		conn_free(conn);
 		busy_slot_freed(pool);
 		return false;
 	}
+	renewal_succeeded(pool);
 	log_debug("pool connection renewed in place", "pool", pool->label);
 	put_back_idle(pool, conn);
 	return true;
@@ -1459,7 +1524,7 @@ pool_renew(struct pool *pool, const struct pool_source *source)
 			credential_clear(&cred);
 			break;
 		}
-		if (budget_try_take(pool->budget))
+		if (second_connection_allowed(pool) && budget_try_take(pool->budget))
 			placed = renew_login_first(pool, &cred);
 		else
 			placed = renew_in_place(pool, &cred) ? PLACED_REPLACING : PLACED_NOWHERE;

@@ -105,7 +105,9 @@ int pool_acquire_as(struct pool *pool, const struct pool_source *source, struct 
  * (pool_release) and takes its place then. That second connection takes a
  * unit of the budget (and the host's) only if one is free; otherwise an
  * idle due connection is closed first and logged in again in its slot.
- * A parked connection not taken within a few seconds is closed.
+ * A parked connection not taken within a few seconds is closed. A failed
+ * login pauses the pool's renewals (1 s, doubling up to 30 s), and a
+ * failed second connection makes it renew in place for 10 minutes.
  * source NULL: the pool's own. Returns 0 when there is nothing to do until
  * a newer credential or a due connection appears, else (connections logged
  * in or placed, plus one while a connection is parked) the caller should

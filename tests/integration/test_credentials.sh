@@ -30,6 +30,8 @@ emulator_with() {
 restore_normal_stack() {
 	emulator_with "$STACK_EMU_CONFIG" >/dev/null 2>&1 || echo "WARNING: could not restart the emulator" >&2
 	worker_restart >/dev/null 2>&1 || echo "WARNING: could not restart the normal worker" >&2
+	pg_admin_sql 'ALTER ROLE "alice@example.com" CONNECTION LIMIT -1' >/dev/null 2>&1 ||
+		echo "WARNING: could not lift alice's connection limit" >&2
 }
 at_exit restore_normal_stack
 
@@ -165,6 +167,49 @@ test_busy_connection_renewed_without_a_login_on_the_request_path() {
 	expect_ge "$requests" 40 "the two clients kept the connection busy (>= 40 requests of 0.2 s)"
 	expect_eq "$logins" 1 "one login on the request path: alice's first request"
 	expect_ge "$renewed" 1 "alice's connection was renewed"
+	expect_eq "$expired" 0 "no connection reached its credential's expiry"
+	emulator_with "$STACK_EMU_CONFIG"
+}
+
+# A role whose CONNECTION LIMIT refuses the renewal's second connection:
+# the failed login pauses the pool's renewals and makes it renew in place
+# (close, then log in again), so the refusal costs one login and one log
+# line, not one per maintenance pass until the connection expires. Alice's
+# pool holds one connection (user_pool.max 1), her role allows one; one
+# request every 0.2 s for 15 s; credentials live 12 s, due 5-6 s before.
+alice_todos_paced_until() {
+	while awk -v n="$(now_s)" -v d="$1" 'BEGIN { exit !(n < d) }'; do
+		curl -s -o /dev/null -w '%{http_code}\n' --max-time 10 -H 'X-Forwarded-Email: alice@example.com' \
+			-H 'X-Forwarded-Access-Token: alice-token-1' "$LAKEBASE_URL/api/my/todos"
+		sleep 0.2   # pacing, not synchronisation
+	done
+}
+
+test_refused_second_connection_renews_in_place() {
+	local lifetime=12 emu_cfg=$STACK_DIR/it-emulator-short-lifetime-12.json
+	local cfg=$STACK_DIR/it-credentials-conn-limit.json out=$STACK_DIR/it-conn-limit.out
+	local deadline mark refused renewed expired requests failed
+	emulator_config "$emu_cfg" "$lifetime" || return
+	worker_config_derive "$cfg" '.credentials.refresh_margin_ms = 6000 | .user_pool.max = 1' || return
+	emulator_with "$emu_cfg" || return
+	worker_restart "$cfg" || return
+	pg_admin_sql 'ALTER ROLE "alice@example.com" CONNECTION LIMIT 1' >/dev/null || return
+	mark=$(stat -c %s "$STACK_WORKER_LOG")
+	deadline=$(awk -v n="$(now_s)" 'BEGIN { printf "%.3f", n + 15 }')
+	alice_todos_paced_until "$deadline" >"$out"
+	pg_admin_sql 'ALTER ROLE "alice@example.com" CONNECTION LIMIT -1' >/dev/null
+	requests=$(wc -l <"$out")
+	failed=$(grep -cv '^200$' "$out")
+	refused=$(tail -c +"$((mark + 1))" "$STACK_WORKER_LOG" |
+		grep -c 'msg="pool connection renewal failed[^"]*" pool=user:')
+	renewed=$(closed_total renewed)
+	expired=$(closed_total expired_credential)
+	printf '       %d requests; renewal logins refused %s, connections renewed %s, expired %s\n' \
+		"$requests" "$refused" "$renewed" "$expired"
+	expect_eq "$failed" 0 "every request 200"
+	expect_ge "$refused" 1 "the role's connection limit refused the second connection"
+	expect_le "$refused" 2 "no login retried every pass (refused renewal logins)"
+	expect_ge "$renewed" 1 "alice's connection was renewed in place"
 	expect_eq "$expired" 0 "no connection reached its credential's expiry"
 	emulator_with "$STACK_EMU_CONFIG"
 }
@@ -368,6 +413,8 @@ run_test "a user's connections are renewed before their 8 s credential expires: 
 	test_user_connections_renewed_before_expiry
 run_test "a busy user connection is renewed with no login on the request path (max 1, never idle)" \
 	test_busy_connection_renewed_without_a_login_on_the_request_path
+run_test "a role's connection limit refusing the renewal's second connection: renewed in place, no retry storm" \
+	test_refused_second_connection_renews_in_place
 run_test "a due user credential is refreshed off the request path: a 2 s mint delays no request" \
 	test_due_user_credential_refreshed_off_the_request_path
 run_test "two 503s on the mint are retried: one request, 200" test_two_503_then_success_is_one_200
