@@ -21,6 +21,8 @@
 
 #include <fcgiapp.h>
 
+#include "fcgx_finish.h"
+
 /* Three rows shaped like app.todos, as /api/my/todos?limit=3 returns them. */
 static const char BODY[] =
 	"[{\"id\":\"9d4c7f7e-3a51-4c4e-9a7e-2f1d0c5b6a01\",\"title\":\"bench: row 1\","
@@ -50,7 +52,7 @@ serve_thread(void *arg)
 		(void)FCGX_GetParam("DOCUMENT_URI", req.envp);
 		FCGX_PutStr(r->head, r->head_len, req.out);
 		FCGX_PutStr(BODY, (int)sizeof(BODY) - 1, req.out);
-		FCGX_Finish_r(&req);
+		bench_fcgx_finish(&req);
 	}
 	return NULL;
 }

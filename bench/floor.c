@@ -32,6 +32,8 @@
 #include <yajl/yajl_gen.h>
 #include <yajl/yajl_tree.h>
 
+#include "fcgx_finish.h"
+
 /* The SQL of the stack's /api/my/todos routes, placeholders already $n. */
 #define SELECT_SQL "SELECT id, title, done, owner FROM app.todos ORDER BY title LIMIT $1"
 #define INSERT_SQL "INSERT INTO app.todos (title) VALUES ($1) RETURNING id, title, done, owner"
@@ -310,7 +312,7 @@ serve_thread(void *arg)
 		return NULL;
 	while (FCGX_Accept_r(&req) >= 0) {
 		handle(&req);
-		FCGX_Finish_r(&req);
+		bench_fcgx_finish(&req);
 	}
 	return NULL;
 }

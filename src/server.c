@@ -259,23 +259,47 @@ next_request(struct request_thread *rt, FCGX_Request *fcgx)
 
 /* ---- serving ---- */
 
-static void
+/* Serves one request; true if its body was read whole. */
+static bool
 serve_fcgx(struct server *srv, FCGX_Request *fcgx)
 {
 	const struct lb_config *cfg = srv->opt->cfg;
 	struct http_request req;
 	struct http_response resp;
 	struct lb_error err;
+	bool read_whole;
 
 	lb_error_clear(&err);
 	response_init(&resp);
-	if (request_from_fcgx(fcgx, cfg->max_body_bytes, &req, &err) == 0)
+	read_whole = request_from_fcgx(fcgx, cfg->max_body_bytes, &req, &err) == 0;
+	if (read_whole)
 		server_answer(srv->worker, cfg, &req, &resp);
 	else
 		worker_reject(srv->worker, &req, &err, &resp);  /* not even readable */
 	response_send_fcgx(fcgx, &resp);
 	response_free(&resp);
 	request_free(&req);
+	return read_whole;
+}
+
+/*
+ * Ends the request, and the connection unless the web server keeps it
+ * (fastcgi_keep_conn). libfcgi's close shuts the write side and then waits
+ * for the web server to close first, reading whatever it still sends, so
+ * that unread input cannot turn the close into a reset that loses the
+ * response; that costs every request a sleep and a wake-up while the web
+ * server reads the response. When the body was read whole and the input's
+ * end (the empty FCGI_STDIN record, which follows the body) has arrived,
+ * nothing more comes on the connection: it is closed at once (libfcgi's
+ * "detached" close). A body refused unread keeps the waiting close.
+ */
+static void
+finish_fcgx(FCGX_Request *fcgx, bool body_read_whole)
+{
+	if (!fcgx->keepConnection && body_read_whole &&
+	    (FCGX_HasSeenEOF(fcgx->in) == EOF || FCGX_GetChar(fcgx->in) == EOF))
+		FCGX_Detach(fcgx);   /* libfcgi clears it when it closes */
+	FCGX_Finish_r(fcgx);
 }
 
 /* max_requests: the request that reaches it starts the same drain as
@@ -302,8 +326,7 @@ request_thread_main(void *arg)
 		return NULL;
 	while (next_request(rt, &fcgx)) {
 		atomic_fetch_add(&srv->in_flight, 1);
-		serve_fcgx(srv, &fcgx);
-		FCGX_Finish_r(&fcgx);
+		finish_fcgx(&fcgx, serve_fcgx(srv, &fcgx));
 		atomic_fetch_sub(&srv->in_flight, 1);
 		count_request(srv);
 	}

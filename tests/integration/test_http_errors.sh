@@ -241,6 +241,27 @@ test_not_null_violation_23502_is_400_and_writes_nothing() {
 	expect_eq "$(pg_admin_sql "SELECT count(*) FROM app.todos")" "$before" "no row added"
 }
 
+# --- the FastCGI connection -------------------------------------------------------------
+
+# Without keep-conn, the worker closes the connection as soon as the
+# response is written when it has read the whole input (the empty STDIN
+# record), instead of waiting for the web server to close first (a sleep
+# and a wake-up per request). A body refused unread keeps the waiting
+# close: closing on unread input can turn into a reset that loses the
+# response. fcgi_close.pl reads the response to EOF, then writes a byte:
+# "closed" if the worker had closed, "open" if it still waits.
+fcgi_close() {
+	perl "$(dirname "$0")/fcgi_close.pl" "$STACK_FCGI_SOCK" "$@" 2>&1 | tr '\n' ' '
+}
+
+test_fastcgi_connection_closed_once_the_input_is_read() {
+	expect_eq "$(fcgi_close GET /healthz)" "Status: 200 OK closed " "GET: closed right after the response"
+	expect_eq "$(fcgi_close POST /healthz 2 '{}')" "Status: 404 Not Found closed " \
+		"a body read whole: closed right after the response"
+	expect_eq "$(fcgi_close POST /healthz 2000000 '{')" "Status: 413 Payload Too Large open " \
+		"a body refused unread (413): the worker waits for the web server to close first"
+}
+
 # --- health ----------------------------------------------------------------------------
 
 test_healthz_and_readyz() {
@@ -291,6 +312,8 @@ run_test "SQLSTATE 57014 (statement timeout) is 504 timeout" test_statement_time
 run_test "SQLSTATE 42501 is 403 forbidden, details only in the log" test_permission_denied_42501_is_403_without_details
 run_test "SQLSTATE 22012 (class 22) is 400 bad_request" test_data_exception_22xxx_is_400
 run_test "SQLSTATE 23502 is 400 bad_request and writes nothing" test_not_null_violation_23502_is_400_and_writes_nothing
+run_test "FastCGI: the connection is closed once the response is written, unless input was left unread" \
+	test_fastcgi_connection_closed_once_the_input_is_read
 run_test "/healthz is {status:ok}, /readyz is {status:ready}" test_healthz_and_readyz
 run_test "worker's own max_body_bytes: 413 from the worker, limit inclusive" test_worker_body_limit_is_413
 summary
