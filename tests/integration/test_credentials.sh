@@ -45,6 +45,20 @@ now_s() {
 	printf '%s\n' "$EPOCHREALTIME"
 }
 
+# short_lifetime_stack LIFETIME NAME FILTER: the emulator minting
+# credentials that live LIFETIME seconds, and the worker restarted with
+# the stack's config plus jq FILTER (as it-credentials-NAME.json).
+short_lifetime_emu_cfg() {
+	echo "$STACK_DIR/it-emulator-short-lifetime-$1.json"
+}
+
+short_lifetime_stack() {
+	local emu_cfg cfg=$STACK_DIR/it-credentials-$2.json
+	emu_cfg=$(short_lifetime_emu_cfg "$1")
+	emulator_config "$emu_cfg" "$1" && worker_config_derive "$cfg" "$3" &&
+		emulator_with "$emu_cfg" && worker_restart "$cfg"
+}
+
 # --- expiry -------------------------------------------------------------------------
 
 # Credentials live 6 s and the worker refreshes 2 s before expiry; for 3
@@ -53,13 +67,8 @@ now_s() {
 # invalidates the previous credential for new logins, so a worker that
 # opened a connection with a stale one would fail a request here.
 test_expiring_credential_is_replaced_without_a_failed_request() {
-	local lifetime=6 emu_cfg=$STACK_DIR/it-emulator-short-lifetime.json
-	local cfg=$STACK_DIR/it-credentials-refresh-margin.json
-	local deadline requests=0 failed=0 code mints0 mints1 statuses=''
-	emulator_config "$emu_cfg" "$lifetime" || return
-	worker_config_derive "$cfg" '.credentials.refresh_margin_ms = 2000' || return
-	emulator_with "$emu_cfg" || return
-	worker_restart "$cfg" || return
+	local lifetime=6 deadline requests=0 failed=0 code mints0 mints1 statuses=''
+	short_lifetime_stack "$lifetime" refresh-margin '.credentials.refresh_margin_ms = 2000' || return
 	mints0=$(emu_mints "$SP_ROLE")
 	deadline=$(awk -v n="$(now_s)" -v l="$lifetime" 'BEGIN { printf "%.3f", n + 3 * l }')
 	while awk -v n="$(now_s)" -v d="$deadline" 'BEGIN { exit !(n < d) }'; do
@@ -92,13 +101,8 @@ closed_total() {
 }
 
 test_user_connections_renewed_before_expiry() {
-	local lifetime=8 emu_cfg=$STACK_DIR/it-emulator-short-lifetime-8.json
-	local cfg=$STACK_DIR/it-credentials-renew.json alice=alice@example.com
-	local deadline requests=0 failed=0 statuses='' out renewed expired mints
-	emulator_config "$emu_cfg" "$lifetime" || return
-	worker_config_derive "$cfg" '.credentials.refresh_margin_ms = 3000' || return
-	emulator_with "$emu_cfg" || return
-	worker_restart "$cfg" || return
+	local alice=alice@example.com deadline requests=0 failed=0 statuses='' out renewed expired mints
+	short_lifetime_stack 8 renew '.credentials.refresh_margin_ms = 3000' || return
 	deadline=$(awk -v n="$(now_s)" 'BEGIN { printf "%.3f", n + 20 }')
 	while awk -v n="$(now_s)" -v d="$deadline" 'BEGIN { exit !(n < d) }'; do
 		out=$(curl -s -w ' %{http_code}' --max-time 10 -H "X-Forwarded-Email: $alice" \
@@ -128,32 +132,26 @@ test_user_connections_renewed_before_expiry() {
 # connection (user_pool.max 1) and two clients keep it busy with 0.2 s
 # statements, each waiting while the other's runs. Credentials live 12 s
 # and are due 5-6 s before expiry; 15 s of load spans one renewal.
-alice_slow() {
-	curl -s -o /dev/null -w '%{http_code}\n' --max-time 10 -H 'X-Forwarded-Email: alice@example.com' \
-		-H 'X-Forwarded-Access-Token: alice-token-1' "$LAKEBASE_URL/api/my/slow"
-}
-
-alice_slow_until() {
+# alice_get_until DEADLINE PATH [PAUSE]: alice's GETs of PATH one after
+# the other, PAUSE seconds apart, until DEADLINE; prints each status.
+alice_get_until() {
 	while awk -v n="$(now_s)" -v d="$1" 'BEGIN { exit !(n < d) }'; do
-		alice_slow
+		curl -s -o /dev/null -w '%{http_code}\n' --max-time 10 -H 'X-Forwarded-Email: alice@example.com' \
+			-H 'X-Forwarded-Access-Token: alice-token-1' "$LAKEBASE_URL$2"
+		[[ -z ${3:-} ]] || sleep "$3"   # pacing, not synchronisation
 	done
 }
 
 test_busy_connection_renewed_without_a_login_on_the_request_path() {
-	local lifetime=12 emu_cfg=$STACK_DIR/it-emulator-short-lifetime-12.json
-	local cfg=$STACK_DIR/it-credentials-busy-renew.json out=$STACK_DIR/it-busy-renew.out
-	local deadline mark logins renewed expired requests failed
-	emulator_config "$emu_cfg" "$lifetime" || return
-	worker_config_derive "$cfg" '.credentials.refresh_margin_ms = 6000 | .user_pool.max = 1 | .log_level = "debug"
+	local out=$STACK_DIR/it-busy-renew.out deadline mark logins renewed expired requests failed
+	short_lifetime_stack 12 busy-renew '.credentials.refresh_margin_ms = 6000 | .user_pool.max = 1 | .log_level = "debug"
 		| .routes += [{ "method": "GET", "path": "/api/my/slow", "auth": "on-behalf-of-user",
 				"sql": "SELECT true AS slept FROM pg_catalog.pg_sleep(0.2)", "params": {}, "result": "one" }]' || return
-	emulator_with "$emu_cfg" || return
-	worker_restart "$cfg" || return
 	mark=$(stat -c %s "$STACK_WORKER_LOG")
 	deadline=$(awk -v n="$(now_s)" 'BEGIN { printf "%.3f", n + 15 }')
-	alice_slow_until "$deadline" >"$out.1" &
+	alice_get_until "$deadline" /api/my/slow >"$out.1" &
 	local client1=$!
-	alice_slow_until "$deadline" >"$out.2"
+	alice_get_until "$deadline" /api/my/slow >"$out.2"
 	wait "$client1"
 	requests=$(cat "$out.1" "$out.2" | wc -l)
 	failed=$(cat "$out.1" "$out.2" | grep -cv '^200$')
@@ -177,26 +175,13 @@ test_busy_connection_renewed_without_a_login_on_the_request_path() {
 # line, not one per maintenance pass until the connection expires. Alice's
 # pool holds one connection (user_pool.max 1), her role allows one; one
 # request every 0.2 s for 15 s; credentials live 12 s, due 5-6 s before.
-alice_todos_paced_until() {
-	while awk -v n="$(now_s)" -v d="$1" 'BEGIN { exit !(n < d) }'; do
-		curl -s -o /dev/null -w '%{http_code}\n' --max-time 10 -H 'X-Forwarded-Email: alice@example.com' \
-			-H 'X-Forwarded-Access-Token: alice-token-1' "$LAKEBASE_URL/api/my/todos"
-		sleep 0.2   # pacing, not synchronisation
-	done
-}
-
 test_refused_second_connection_renews_in_place() {
-	local lifetime=12 emu_cfg=$STACK_DIR/it-emulator-short-lifetime-12.json
-	local cfg=$STACK_DIR/it-credentials-conn-limit.json out=$STACK_DIR/it-conn-limit.out
-	local deadline mark refused renewed expired requests failed
-	emulator_config "$emu_cfg" "$lifetime" || return
-	worker_config_derive "$cfg" '.credentials.refresh_margin_ms = 6000 | .user_pool.max = 1' || return
-	emulator_with "$emu_cfg" || return
-	worker_restart "$cfg" || return
+	local out=$STACK_DIR/it-conn-limit.out deadline mark refused renewed expired requests failed
+	short_lifetime_stack 12 conn-limit '.credentials.refresh_margin_ms = 6000 | .user_pool.max = 1' || return
 	pg_admin_sql 'ALTER ROLE "alice@example.com" CONNECTION LIMIT 1' >/dev/null || return
 	mark=$(stat -c %s "$STACK_WORKER_LOG")
 	deadline=$(awk -v n="$(now_s)" 'BEGIN { printf "%.3f", n + 15 }')
-	alice_todos_paced_until "$deadline" >"$out"
+	alice_get_until "$deadline" /api/my/todos 0.2 >"$out"
 	pg_admin_sql 'ALTER ROLE "alice@example.com" CONNECTION LIMIT -1' >/dev/null
 	requests=$(wc -l <"$out")
 	failed=$(grep -cv '^200$' "$out")
@@ -226,13 +211,9 @@ alice_todos() {
 }
 
 test_due_user_credential_refreshed_off_the_request_path() {
-	local lifetime=16 emu_cfg=$STACK_DIR/it-emulator-short-lifetime-16.json
-	local cfg=$STACK_DIR/it-credentials-handoff.json alice=alice@example.com
+	local alice=alice@example.com
 	local t0 out mints deadline
-	emulator_config "$emu_cfg" "$lifetime" || return
-	worker_config_derive "$cfg" '.credentials.refresh_margin_ms = 6000' || return
-	emulator_with "$emu_cfg" || return
-	worker_restart "$cfg" || return
+	short_lifetime_stack 16 handoff '.credentials.refresh_margin_ms = 6000' || return
 	emu_reset || return
 	t0=$(now_s)
 	out=$(alice_todos)
@@ -378,17 +359,12 @@ test_stale_sp_credential_is_replaced_without_a_failed_request() {
 # credential is due, the mint answers 401: the worker must get a new
 # access token and mint again, with no failed request.
 test_rejected_m2m_token_is_replaced_without_a_failed_request() {
-	local lifetime=5 emu_cfg=$STACK_DIR/it-emulator-short-lifetime-5.json
-	local cfg=$STACK_DIR/it-credentials-refresh-margin.json
-	local deadline requests=0 failed=0 code statuses=''
-	emulator_config "$emu_cfg" "$lifetime" || return
-	worker_config_derive "$cfg" '.credentials.refresh_margin_ms = 2000' || return
-	emulator_with "$emu_cfg" || return
-	worker_restart "$cfg" || return
+	local lifetime=5 deadline requests=0 failed=0 code statuses=''
+	short_lifetime_stack "$lifetime" refresh-margin '.credentials.refresh_margin_ms = 2000' || return
 	http GET /api/todos
 	expect_status 200 || return
 	emulator_stop
-	emulator_start "$emu_cfg" || return
+	emulator_start "$(short_lifetime_emu_cfg "$lifetime")" || return
 	deadline=$(awk -v n="$(now_s)" -v l="$lifetime" 'BEGIN { printf "%.3f", n + 3 * l }')
 	while awk -v n="$(now_s)" -v d="$deadline" 'BEGIN { exit !(n < d) }'; do
 		code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$LAKEBASE_URL/api/todos?limit=1")
