@@ -743,20 +743,59 @@ refresh(struct credcache *cc, struct target *t, struct credential *out, struct l
  */
 #define HANDOFF_MAX 256
 
-struct handoff {
-	struct handoff *next;
+/*
+ * A target that owns what it points to, so that it outlives the request or
+ * the slot it was read from: a queued hand-off, or the refresher's due
+ * slot read under the lock.
+ */
+struct owned_target {
 	struct target t;		/* email, fp and bearer point into this struct */
-	uint64_t claim_id;
 	char email[SHM_EMAIL_MAX + 1];
 	unsigned char fp[SHM_FP_LEN];
 	char *bearer;			/* secret */
 };
 
+/* Copies a target (a user's bearer: `bearer_len` bytes); -1 when out of
+ * memory or the email is too long. */
+static int
+owned_target_set(struct owned_target *o, uint32_t kind, int index, const char *email,
+		 const unsigned char *fp, const char *bearer, size_t bearer_len)
+{
+	size_t email_len;
+
+	memset(o, 0, sizeof(*o));
+	o->t.kind = kind;
+	o->t.index = index;
+	if (kind != SHM_KIND_USER)
+		return 0;
+	email_len = strnlen(email, SHM_EMAIL_MAX + 1);
+	if (email_len > SHM_EMAIL_MAX || (o->bearer = secret_dup(bearer, bearer_len)) == NULL)
+		return -1;
+	memcpy(o->email, email, email_len);
+	memcpy(o->fp, fp, sizeof(o->fp));
+	o->t.email = o->email;
+	o->t.fp = o->fp;
+	o->t.bearer = o->bearer;
+	return 0;
+}
+
+static void
+owned_target_clear(struct owned_target *o)
+{
+	secret_free(o->bearer);
+	OPENSSL_cleanse(o, sizeof(*o));
+}
+
+struct handoff {
+	struct handoff *next;
+	struct owned_target target;
+	uint64_t claim_id;
+};
+
 static void
 handoff_free(struct handoff *h)
 {
-	secret_free(h->bearer);
-	OPENSSL_cleanse(h, sizeof(*h));
+	owned_target_clear(&h->target);
 	free(h);
 }
 
@@ -765,24 +804,14 @@ static struct handoff *
 handoff_new(const struct target *t)
 {
 	struct handoff *h = calloc(1, sizeof(*h));
-	size_t email_len;
 
 	if (h == NULL)
 		return NULL;
-	h->t.kind = t->kind;
-	h->t.index = t->index;
-	if (t->kind != SHM_KIND_USER)
-		return h;
-	email_len = strlen(t->email);
-	if (email_len > SHM_EMAIL_MAX || (h->bearer = secret_dup(t->bearer, strlen(t->bearer))) == NULL) {
+	if (owned_target_set(&h->target, t->kind, t->index, t->email, t->fp, t->bearer,
+			     t->kind == SHM_KIND_USER ? strlen(t->bearer) : 0) != 0) {
 		free(h);
 		return NULL;
 	}
-	memcpy(h->email, t->email, email_len + 1);
-	memcpy(h->fp, t->fp, sizeof(h->fp));
-	h->t.email = h->email;
-	h->t.fp = h->fp;
-	h->t.bearer = h->bearer;
 	return h;
 }
 
@@ -848,10 +877,10 @@ handoff_main(void *arg)
 		memset(&m, 0, sizeof(m));
 		shm_lock(cc->shm);
 		if (!stop) {
-			mint_claimed(cc, &h->t, h->claim_id, &m, &mint_err, &report);
-		} else if (shm_claim_is(cc->shm, (uint32_t)h->t.index, h->claim_id)) {
+			mint_claimed(cc, &h->target.t, h->claim_id, &m, &mint_err, &report);
+		} else if (shm_claim_is(cc->shm, (uint32_t)h->target.t.index, h->claim_id)) {
 			/* Stopping: let another process's request take it at once. */
-			shm_claim_release(cc->shm, (uint32_t)h->t.index);
+			shm_claim_release(cc->shm, (uint32_t)h->target.t.index);
 			shm_wake_all(cc->shm);
 		}
 		shm_unlock(cc->shm);
@@ -1070,10 +1099,7 @@ refresh_one_due(struct credcache *cc)
 	struct refresh_report report = { 0 };
 	struct credential out = { 0 };
 	struct lb_error err;
-	struct target t = { 0 };
-	char email[SHM_EMAIL_MAX + 1];
-	unsigned char fp[SHM_FP_LEN];
-	char *bearer = NULL;
+	struct owned_target t;
 	struct shm_slot *sl;
 	int index;
 
@@ -1083,30 +1109,21 @@ refresh_one_due(struct credcache *cc)
 		return false;
 	}
 	sl = shm_slot(cc->shm, (uint32_t)index);
-	t.kind = sl->kind;
-	t.index = index;
-	if (t.kind == SHM_KIND_USER) {
-		memcpy(email, sl->email, sizeof(email));
-		memcpy(fp, sl->fp, sizeof(fp));
-		bearer = secret_dup(shm_secret(cc->shm, (uint32_t)index)->bearer, sl->bearer_len);
-		if (bearer == NULL) {
-			shm_unlock(cc->shm);
-			return false;
-		}
-		t.email = email;
-		t.fp = fp;
-		t.bearer = bearer;
+	if (owned_target_set(&t, sl->kind, index, sl->email, sl->fp,
+			     shm_secret(cc->shm, (uint32_t)index)->bearer, sl->bearer_len) != 0) {
+		shm_unlock(cc->shm);
+		owned_target_clear(&t);
+		return false;
 	}
 	/* Our heartbeat stops while we mint: say how long that may take. */
 	shm_header(cc->shm)->refresher_deadline_ms = clock_monotonic_ms() +
-		claim_bound_ms(cc, t.kind) + REFRESHER_STALE_MS;
+		claim_bound_ms(cc, t.t.kind) + REFRESHER_STALE_MS;
 	lb_error_clear(&err);
-	refresh(cc, &t, &out, &err, &report);
+	refresh(cc, &t.t, &out, &err, &report);
 	refresher_role(cc);
 	shm_unlock(cc->shm);
 	credential_clear(&out);
-	secret_free(bearer);
-	OPENSSL_cleanse(fp, sizeof(fp));
+	owned_target_clear(&t);
 	log_report(&report);
 	return true;
 }
