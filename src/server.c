@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -42,6 +43,8 @@ extern char **environ;
 #define DRAIN_TICK_MS 20
 /* A failing accept (EMFILE, ...) is retried after this pause, not spun on. */
 #define ACCEPT_ERROR_PAUSE_MS 100
+/* The most a request's end waits for the web server's end-of-input record. */
+#define INPUT_END_WAIT_MS 1000
 
 struct server;
 
@@ -283,21 +286,37 @@ serve_fcgx(struct server *srv, FCGX_Request *fcgx)
 }
 
 /*
+ * Reads the input's end (the empty FCGI_STDIN record, which the web server
+ * sends right after the body): true once it is read, or once a peer that
+ * withholds it was waited for INPUT_END_WAIT_MS (the socket is closed
+ * next either way, so its receive timeout need not be restored).
+ */
+static bool
+read_input_end(FCGX_Request *fcgx)
+{
+	struct timeval wait = { INPUT_END_WAIT_MS / 1000, (INPUT_END_WAIT_MS % 1000) * 1000 };
+
+	if (FCGX_HasSeenEOF(fcgx->in) == EOF)
+		return true;
+	(void)setsockopt(fcgx->ipcFd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof(wait));
+	return FCGX_GetChar(fcgx->in) == EOF;
+}
+
+/*
  * Ends the request, and the connection unless the web server keeps it
  * (fastcgi_keep_conn). libfcgi's close shuts the write side and then waits
  * for the web server to close first, reading whatever it still sends, so
  * that unread input cannot turn the close into a reset that loses the
  * response; that costs every request a sleep and a wake-up while the web
  * server reads the response. When the body was read whole and the input's
- * end (the empty FCGI_STDIN record, which follows the body) has arrived,
- * nothing more comes on the connection: it is closed at once (libfcgi's
- * "detached" close). A body refused unread keeps the waiting close.
+ * end follows, nothing more comes on the connection: it is closed at once
+ * (libfcgi's "detached" close). A body refused unread keeps the waiting
+ * close.
  */
 static void
 finish_fcgx(FCGX_Request *fcgx, bool body_read_whole)
 {
-	if (!fcgx->keepConnection && body_read_whole &&
-	    (FCGX_HasSeenEOF(fcgx->in) == EOF || FCGX_GetChar(fcgx->in) == EOF))
+	if (!fcgx->keepConnection && body_read_whole && read_input_end(fcgx))
 		FCGX_Detach(fcgx);   /* libfcgi clears it when it closes */
 	FCGX_Finish_r(fcgx);
 }

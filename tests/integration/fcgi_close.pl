@@ -1,10 +1,11 @@
 #!/usr/bin/perl
-# fcgi_close.pl SOCKET METHOD URI [CONTENT_LENGTH BODY]
+# fcgi_close.pl SOCKET METHOD URI [CONTENT_LENGTH BODY [no-end]]
 #
 # One FastCGI request on a unix socket, as a web server without keep-conn
 # sends it: BEGIN_REQUEST, the params, then the body and the empty STDIN
 # record that ends it -- unless BODY is shorter than CONTENT_LENGTH, in
-# which case the input is left unfinished. Reads the response to its end
+# which case the input is left unfinished, or "no-end" is given (a peer
+# that withholds the end record). Reads the response to its end
 # (EOF), keeping this side open, then writes one byte to learn how the
 # responder ended the connection. Prints the response's first line, then
 # "closed" (the responder closed its socket: the write fails with EPIPE)
@@ -14,8 +15,8 @@ use strict;
 use warnings;
 use Socket;
 
-my ($path, $method, $uri, $length, $body) = @ARGV;
-die "usage: $0 SOCKET METHOD URI [CONTENT_LENGTH BODY]\n" unless defined $uri;
+my ($path, $method, $uri, $length, $body, $no_end) = @ARGV;
+die "usage: $0 SOCKET METHOD URI [CONTENT_LENGTH BODY [no-end]]\n" unless defined $uri;
 $body = '' unless defined $body;
 $SIG{PIPE} = 'IGNORE';
 alarm 20;
@@ -37,7 +38,7 @@ $params{CONTENT_LENGTH} = $length if defined $length;
 my $out = record(1, pack('nCx5', 1, 0));    # BEGIN_REQUEST: responder, no keep-conn
 $out .= record(4, join('', map { pair($_, $params{$_}) } sort keys %params)) . record(4, '');
 $out .= record(5, $body) if length $body;
-$out .= record(5, '') unless defined $length && length($body) < $length;
+$out .= record(5, '') unless (defined $length && length($body) < $length) || defined $no_end;
 
 socket(my $s, PF_UNIX, SOCK_STREAM, 0) or die "socket: $!\n";
 connect($s, pack_sockaddr_un($path)) or die "connect $path: $!\n";

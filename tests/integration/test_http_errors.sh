@@ -260,6 +260,13 @@ test_fastcgi_connection_closed_once_the_input_is_read() {
 		"a body read whole: closed right after the response"
 	expect_eq "$(fcgi_close POST /healthz 2000000 '{')" "Status: 413 Payload Too Large open " \
 		"a body refused unread (413): the worker waits for the web server to close first"
+	# A peer that sends the whole body but withholds the end record holds
+	# the thread a second at most (then the worker closes), not until the
+	# peer gives up.
+	local t0=$SECONDS
+	expect_eq "$(fcgi_close POST /healthz 2 '{}' no-end)" "Status: 404 Not Found closed " \
+		"the end record withheld: closed once the worker stops waiting for it"
+	expect_le $((SECONDS - t0)) 3 "within the worker's 1 s wait for the end record"
 }
 
 # --- health ----------------------------------------------------------------------------
