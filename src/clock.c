@@ -2,6 +2,8 @@
  * clock.c - monotonic milliseconds, and deadlines for timed waits (see
  * clock.h).
  */
+#include <errno.h>
+
 #include "clock.h"
 
 int64_t
@@ -25,4 +27,17 @@ clock_deadline_ms(struct timespec *ts, clockid_t clock, long ms)
 		ts->tv_sec++;
 		ts->tv_nsec -= 1000000000L;
 	}
+}
+
+void
+clock_sleep_ms(long ms)
+{
+	struct timespec left;
+
+	if (ms <= 0)
+		return;
+	left.tv_sec = (time_t)(ms / 1000);
+	left.tv_nsec = (ms % 1000) * 1000000L;
+	while (nanosleep(&left, &left) == -1 && errno == EINTR)
+		;
 }

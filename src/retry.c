@@ -65,15 +65,3 @@ retry_delay_ms(int retry, unsigned int random)
 	return base - base / 5 + (long)((uint64_t)random * (uint64_t)span / UINT_MAX);
 }
 
-void
-retry_sleep_ms(long ms)
-{
-	struct timespec left;
-
-	if (ms <= 0)
-		return;
-	left.tv_sec = ms / 1000;
-	left.tv_nsec = (ms % 1000) * 1000000L;
-	while (nanosleep(&left, &left) == -1 && errno == EINTR)
-		;
-}

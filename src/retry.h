@@ -25,7 +25,4 @@ enum lb_transience retry_classify_curl(int curl_code);
  */
 long retry_delay_ms(int retry, unsigned int random);
 
-/* Sleeps for ms milliseconds (restarted on EINTR). */
-void retry_sleep_ms(long ms);
-
 #endif

@@ -211,14 +211,6 @@ accept_on_kept_connection(struct request_thread *rt, FCGX_Request *fcgx)
 	return rc;
 }
 
-static void
-pause_ms(long ms)
-{
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-
-	nanosleep(&ts, NULL);
-}
-
 /* FCGX_Accept_r answers -errno. EAGAIN: another thread or process took
  * the connection first. */
 static void
@@ -234,7 +226,7 @@ accept_failed(int rc)
 		atomic_store(&last_logged_ms, now);
 		log_warn("accepting a FastCGI connection failed", "error", rc < 0 && rc > -4096 ? strerror(-rc) : "libfcgi");
 	}
-	pause_ms(ACCEPT_ERROR_PAUSE_MS);
+	clock_sleep_ms(ACCEPT_ERROR_PAUSE_MS);
 }
 
 /* The next request for this thread; false once the server stops. */

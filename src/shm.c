@@ -78,15 +78,6 @@ shm_counter_name(enum shm_counter c)
 	return c < SHM_COUNTER__COUNT ? counter_names[c] : "?";
 }
 
-static void
-sleep_ms(long ms)
-{
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-
-	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-		;
-}
-
 static uint64_t
 align_up(uint64_t v, uint64_t a)
 {
@@ -569,7 +560,7 @@ test_hold_lock(struct shm *s, uint32_t index)
 	close(fd);
 	snprintf(slot, sizeof(slot), "%u", index);
 	log_warn("test hook: holding the credential cache lock mid-write", "ms", ms, "slot", slot);
-	sleep_ms(atol(ms));
+	clock_sleep_ms(atol(ms));
 }
 #endif
 
@@ -1070,7 +1061,7 @@ lock_and_prepare(int fd, uint32_t nslots, bool create, const char *key, const ch
 		if (clock_monotonic_ms() > deadline)
 			return attach_fail(err, key, path, "timed out after %d ms waiting for another "
 					   "process to initialise it", ATTACH_TIMEOUT_MS);
-		sleep_ms(ATTACH_POLL_MS + (long)(clock_monotonic_ms() % 7));
+		clock_sleep_ms(ATTACH_POLL_MS + (long)(clock_monotonic_ms() % 7));
 	}
 }
 

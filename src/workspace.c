@@ -26,6 +26,7 @@
 #include <yajl/yajl_parse.h>
 #include <yajl/yajl_tree.h>
 
+#include "clock.h"
 #include "log.h"
 #include "textfmt.h"
 #include "retry.h"
@@ -141,10 +142,7 @@ oom(struct lb_error *err)
 static int64_t
 mono_now_s(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec;
+	return clock_monotonic_ms() / 1000;
 }
 
 static unsigned int
@@ -812,7 +810,7 @@ http_call(const struct workspace_client *ws, const struct http_request *req,
 		delay = transience == LB_TRANSIENT ? retry_delay_ms(attempt, random_u32()) : -1;
 		if (delay < 0)
 			return http_failure(req, cc, errbuf, answer, transience, attempt + 1, err);
-		retry_sleep_ms(delay);
+		clock_sleep_ms(delay);
 	}
 }
 
@@ -1086,8 +1084,7 @@ wait_for_sp_fetch(struct workspace_client *ws)
 	struct timespec deadline;
 	long bound_ms = RETRY_MAX_ATTEMPTS * (ws->timeout_ms + ws->connect_timeout_ms) + 7000;
 
-	clock_gettime(CLOCK_MONOTONIC, &deadline);
-	deadline.tv_sec += bound_ms / 1000 + 1;
+	clock_deadline_ms(&deadline, CLOCK_MONOTONIC, bound_ms + 1000);
 	while (ws->sp_fetching && ws->sp_generation == generation) {
 		if (pthread_cond_timedwait(&ws->sp_cond, &ws->lock, &deadline) == ETIMEDOUT)
 			return -1;

@@ -52,6 +52,19 @@ test_monotonic_ms_matches_clock(void)
 	CU_ASSERT_TRUE(a <= ts_ms(&ts) && ts_ms(&ts) <= b);
 }
 
+static void
+test_sleep(void)
+{
+	int64_t a = clock_monotonic_ms();
+
+	clock_sleep_ms(30);
+	CU_ASSERT(clock_monotonic_ms() - a >= 30);
+	a = clock_monotonic_ms();
+	clock_sleep_ms(0);
+	clock_sleep_ms(-5);	/* return at once */
+	CU_ASSERT(clock_monotonic_ms() - a < 1000);	/* not a sleep, nor an unsigned wrap */
+}
+
 void
 register_clock_tests(void)
 {
@@ -60,4 +73,5 @@ register_clock_tests(void)
 	CU_add_test(s, "deadlines: normalised, now + ms on the given clock, now for ms <= 0",
 		    test_deadline_normalised);
 	CU_add_test(s, "monotonic milliseconds follow CLOCK_MONOTONIC", test_monotonic_ms_matches_clock);
+	CU_add_test(s, "sleep lasts at least the delay; none for ms <= 0", test_sleep);
 }

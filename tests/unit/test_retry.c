@@ -101,21 +101,6 @@ test_schedule_exhausted(void)
 	CU_ASSERT_EQUAL(RETRY_MAX_ATTEMPTS, 4);
 }
 
-static void
-test_sleep(void)
-{
-	struct timespec a, b;
-	long elapsed_ms;
-
-	clock_gettime(CLOCK_MONOTONIC, &a);
-	retry_sleep_ms(30);
-	clock_gettime(CLOCK_MONOTONIC, &b);
-	elapsed_ms = (b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000;
-	CU_ASSERT(elapsed_ms >= 30);
-	retry_sleep_ms(0);
-	retry_sleep_ms(-5);	/* returns at once */
-}
-
 /* Credential refresh times: the margin (at most half the lifetime), less
  * up to a quarter of it at random; none for margins under 4 s. */
 static void
@@ -152,6 +137,5 @@ register_retry_tests(void)
 	CU_add_test(s, "delay bounds: 50/500/5000 ms +/-20 %", test_delay_bounds);
 	CU_add_test(s, "jitter spreads over the whole range", test_delay_jitter_spread);
 	CU_add_test(s, "schedule ends after three retries", test_schedule_exhausted);
-	CU_add_test(s, "sleep lasts at least the delay", test_sleep);
 	CU_add_test(s, "credential refresh: margin, half-life cap, jitter", test_refresh_time_jitter);
 }
