@@ -3,7 +3,8 @@
 # config in front of it) answers, with the exact status and the JSON error
 # shape {"error":{"code","message","request_id"}}: 404, 405 + Allow, 413,
 # 415, 400 naming the parameter, SQLSTATE mapping through real queries
-# (57014 → 504, 42501 → 403, 22xxx/23502 → 400), and the health endpoints.
+# (57014 → 504, 42501 → 403, 22xxx/23502 → 400), the health endpoints, and
+# how the worker ends a FastCGI connection (a raw client, fcgi_close.pl).
 #
 # Needs the stack (scripts/stack.sh start). One test restarts the worker
 # with a smaller body limit and puts the normal one back.
