@@ -6,7 +6,7 @@
  *
  * Per request: the user is the X-Forwarded-Email header (the token is not
  * checked); a persistent libpq connection logged in as that user (TLS
- * verify-full + SCRAM, the same connection keywords as the product) is
+ * verify-full + password, the same connection keywords as the product) is
  * taken from a per-user stack of idle ones, or opened; one PQexecParams;
  * the rows as JSON with yajl_gen, typed by OID; the connection goes back.
  * GET runs SELECT_SQL with the query's limit, POST runs INSERT_SQL with

@@ -358,7 +358,7 @@ scenario_ceiling_db() {
 }
 
 # The parts of a first request, measured directly: a mint at the emulator
-# and a TLS+SCRAM login with the credential (100 users of their own).
+# and a TLS login with the credential (100 users of their own).
 # Measured just before and just after cold-1000 (before|after), as the
 # floor is beside the product: the host's load at the end of a run is not
 # what it was at the start.
@@ -662,7 +662,7 @@ print_notes() {
 		# The mean of the measurements before and after cold-1000.
 		awk -F= '{ v[$1] += $2; n[$1]++ } END {
 			for (k in v) v[k] /= n[k]
-			printf "first-request parts (100 users, sequential, mean of %d runs beside cold-1000): mint p50 %.2f ms p99 %.2f ms; TLS+SCRAM login p50 %.2f ms p99 %.2f ms\n",
+			printf "first-request parts (100 users, sequential, mean of %d runs beside cold-1000): mint p50 %.2f ms p99 %.2f ms; TLS login p50 %.2f ms p99 %.2f ms\n",
 				n["mint_p50_us"], v["mint_p50_us"] / 1000, v["mint_p99_us"] / 1000, v["login_p50_us"] / 1000, v["login_p99_us"] / 1000
 			printf "cold-1000 p99 target (mint + login + 2 ms): %.2f ms with medians, %.2f ms with p99s\n",
 				(v["mint_p50_us"] + v["login_p50_us"]) / 1000 + 2, (v["mint_p99_us"] + v["login_p99_us"]) / 1000 + 2

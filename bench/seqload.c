@@ -12,7 +12,7 @@
  *       and for a fixed request count under callgrind.
  *   seqload mintlogin --emu URL --endpoint EP --conninfo STR --kind K --count N
  *       For N users: mint a credential at the emulator with the user's
- *       token, then log in with it (TLS + SCRAM): the parts a first request
+ *       token, then log in with it (TLS + password): the parts a first request
  *       consists of, timed separately.
  *
  * Prints key=value lines (microseconds) for bench/run.sh.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/stack.sh start|stop|status|restart - the local stack, all on
-# loopback: PostgreSQL 15 with TLS (a throwaway test CA) and SCRAM, the
-# workspace emulator, lakebase-fcgi, and nginx in front of it.
+# loopback: PostgreSQL 15 with TLS (a throwaway test CA) and password
+# logins over it (as Lakebase takes its OAuth tokens), the workspace emulator, lakebase-fcgi, and nginx in front of it.
 #
 # State (data, certs, secrets, logs, pidfiles, sockets) lives in
 # ${LAKEBASE_STACK_DIR:-/tmp/lakebase-fcgi-stack}; `start` recreates it from
@@ -94,7 +94,7 @@ pg_init() {
 	install -d -m 0700 -o postgres -g postgres "$STACK_PGDATA"
 	install -d -m 0700 -o postgres -g postgres "$STACK_PGSOCK"
 	as_postgres "$STACK_PG_BIN/initdb" -D "$STACK_PGDATA" -U postgres \
-		--auth-local=peer --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 \
+		--auth-local=peer --auth-host=password -E UTF8 --locale=C.UTF-8 \
 		--no-instructions >"$STACK_DIR/initdb.log" 2>&1 ||
 		{ cat "$STACK_DIR/initdb.log" >&2; stack_die "initdb failed"; }
 	pg_write_conf
@@ -129,13 +129,19 @@ pg_write_conf() {
 	EOF
 }
 
-# Only TLS + SCRAM over TCP (what Lakebase offers), plus peer for the
-# postgres OS user on the private socket to bootstrap roles.
+# Only TLS + a password over TCP, plus peer for the postgres OS user on the
+# private socket to bootstrap roles. "password", not "scram-sha-256": Lakebase
+# takes an OAuth token as a plaintext password, over TLS only, and checks it
+# itself, so a client never does SCRAM's work on a token. With SCRAM, a
+# login here cost the worker ~18 ms of CPU on the ~1.6 KB credential, a cost
+# it never pays against Lakebase. The emulator stores each credential's MD5
+# verifier (cheap to check, like a token's signature); native roles (the
+# admin) keep SCRAM-stored passwords, which "password" checks as well.
 pg_write_hba() {
 	cat >"$STACK_PGDATA/pg_hba.conf" <<-'EOF'
 	# lakebase-fcgi local stack: nothing but these two lines.
 	local    all  postgres                 peer
-	hostssl  all  all       127.0.0.1/32   scram-sha-256
+	hostssl  all  all       127.0.0.1/32   password
 	EOF
 }
 
@@ -172,7 +178,7 @@ pg_check_tls_login() {
 	local ssl
 	ssl=$(pg_admin_psql -Atc "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
 	[[ $ssl == t ]] || stack_die "admin login did not use TLS"
-	stack_log "postgres: TLS (verify-full) + SCRAM login as $STACK_ADMIN_ROLE works"
+	stack_log "postgres: TLS (verify-full) + password login as $STACK_ADMIN_ROLE works"
 }
 
 # --- env.sh for tests ------------------------------------------------------------------

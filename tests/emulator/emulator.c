@@ -6,10 +6,10 @@
  * tests; never deployed.
  *
  * Credentials really work against PostgreSQL ("password mode"): minting a
- * credential for a role runs ALTER ROLE ... PASSWORD <SCRAM verifier of the
+ * credential for a role runs ALTER ROLE ... PASSWORD <MD5 verifier of the
  * credential> VALID UNTIL <expiry> on the configured cluster, so Postgres
- * itself accepts and expires it. The verifier is computed client-side
- * (scram_verifier), so the credential never travels to the server.
+ * itself accepts and expires it. Logins send the credential as a password
+ * over TLS, as with Lakebase (md5_verifier says why MD5).
  * What this implies, unlike real Lakebase:
  *   - only the NEWEST credential of a role is valid for new logins: minting
  *     again replaces the password, and earlier credentials stop working even
@@ -39,7 +39,6 @@
 #include <libpq-fe.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <yajl/yajl_gen.h>
 #include <yajl/yajl_tree.h>
@@ -1146,56 +1145,42 @@ static PGconn *db_conn(struct db *db)
 }
 
 /*
- * The SCRAM-SHA-256 verifier of a credential, as PostgreSQL stores it
- * (RFC 5802/7677; "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>",
- * standard base64). Computed here with OpenSSL's PBKDF2, which hashes the
- * ~1.6 KB credential once as its HMAC key; libpq's PQencryptPasswordConn
- * hashes it again in each of the 4096 iterations (15 ms against 2 ms), and
- * the emulator stands in for a remote service, so its CPU should not weigh
- * on the host under test. The credential is printable ASCII (we mint it),
- * which SASLprep leaves as it is. NULL on failure; the caller wipes it.
+ * The verifier PostgreSQL stores for a credential: "md5" followed by the hex
+ * MD5 of the credential and the role name, the format ALTER ROLE ...
+ * PASSWORD takes as is. Logins send the credential itself over TLS (the
+ * stack's pg_hba.conf uses "password", as Lakebase requires for tokens), and
+ * the server checks it with one MD5, standing in for Lakebase's signature
+ * check of the token: cheap, like that check, and unlike a SCRAM verifier,
+ * which PostgreSQL would check by hashing the ~1.6 KB credential 4096
+ * times per login. NULL on failure; the caller wipes it.
  */
-#define SCRAM_ITERATIONS 4096
-#define SCRAM_SALT_LEN 16
-#define SCRAM_KEY_LEN 32
-
-static char *scram_verifier(const char *credential)
+static char *md5_verifier(const char *credential, const char *role)
 {
-	unsigned char salt[SCRAM_SALT_LEN], salted[SCRAM_KEY_LEN], client_key[SCRAM_KEY_LEN];
-	unsigned char stored_key[SCRAM_KEY_LEN], server_key[SCRAM_KEY_LEN];
-	char salt64[4 * ((SCRAM_SALT_LEN + 2) / 3) + 1];
-	char stored64[4 * ((SCRAM_KEY_LEN + 2) / 3) + 1], server64[sizeof stored64];
-	unsigned int klen = 0;
-	size_t outlen = sizeof "SCRAM-SHA-256$4096:$:" + sizeof salt64 + 2 * sizeof stored64 + 16;
+	static const char hex[] = "0123456789abcdef";
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	char *out = NULL;
-	int ok = RAND_bytes(salt, sizeof salt) == 1 &&
-	         PKCS5_PBKDF2_HMAC(credential, (int)strlen(credential), salt, sizeof salt,
-	                           SCRAM_ITERATIONS, EVP_sha256(), sizeof salted, salted) == 1 &&
-	         HMAC(EVP_sha256(), salted, sizeof salted, (const unsigned char *)"Client Key", 10,
-	              client_key, &klen) != NULL && klen == SCRAM_KEY_LEN &&
-	         EVP_Digest(client_key, sizeof client_key, stored_key, NULL, EVP_sha256(), NULL) == 1 &&
-	         HMAC(EVP_sha256(), salted, sizeof salted, (const unsigned char *)"Server Key", 10,
-	              server_key, &klen) != NULL && klen == SCRAM_KEY_LEN;
-	if (ok) {
-		EVP_EncodeBlock((unsigned char *)salt64, salt, sizeof salt);
-		EVP_EncodeBlock((unsigned char *)stored64, stored_key, sizeof stored_key);
-		EVP_EncodeBlock((unsigned char *)server64, server_key, sizeof server_key);
-		out = malloc(outlen);
-		if (out && snprintf(out, outlen, "SCRAM-SHA-256$%d:%s$%s:%s", SCRAM_ITERATIONS, salt64,
-		                    stored64, server64) >= (int)outlen) {
-			free(out);
-			out = NULL;
+	int ok = ctx != NULL && EVP_DigestInit_ex(ctx, EVP_md5(), NULL) == 1 &&
+	         EVP_DigestUpdate(ctx, credential, strlen(credential)) == 1 &&
+	         EVP_DigestUpdate(ctx, role, strlen(role)) == 1 &&
+	         EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen == 16;
+
+	EVP_MD_CTX_free(ctx);
+	if (ok && (out = malloc(sizeof "md5" + 2 * 16)) != NULL) {
+		memcpy(out, "md5", 3);
+		for (unsigned int i = 0; i < mdlen; i++) {
+			out[3 + 2 * i] = hex[md[i] >> 4];
+			out[4 + 2 * i] = hex[md[i] & 0x0f];
 		}
+		out[3 + 2 * mdlen] = '\0';
 	}
-	OPENSSL_cleanse(salted, sizeof salted);
-	OPENSSL_cleanse(client_key, sizeof client_key);
-	OPENSSL_cleanse(stored_key, sizeof stored_key);
-	OPENSSL_cleanse(server_key, sizeof server_key);
+	OPENSSL_cleanse(md, sizeof md);
 	return out;
 }
 
 /*
- * ALTER ROLE <role> PASSWORD <scram verifier of credential> VALID UNTIL <expiry>.
+ * ALTER ROLE <role> PASSWORD <md5 verifier of credential> VALID UNTIL <expiry>.
  * The statement is assembled from escaped pieces in a growable buffer.
  */
 static enum setpw_rc db_set_password(struct db *db, const char *role, const char *credential,
@@ -1210,7 +1195,7 @@ static enum setpw_rc db_set_password(struct db *db, const char *role, const char
 			rc = SETPW_UNAVAILABLE;
 			break;
 		}
-		char *verifier = scram_verifier(credential);
+		char *verifier = md5_verifier(credential, role);
 		char *ident = PQescapeIdentifier(conn, role, strlen(role));
 		char *vlit = verifier ? PQescapeLiteral(conn, verifier, strlen(verifier)) : NULL;
 		char *elit = PQescapeLiteral(conn, expiry, strlen(expiry));
@@ -1236,7 +1221,7 @@ static enum setpw_rc db_set_password(struct db *db, const char *role, const char
 		if (!built) {
 			log_msg("postgres: cannot build the password statement: %s",
 			        have_verifier ? pq_line(PQerrorMessage(conn), line, sizeof line) :
-			                        "computing the SCRAM verifier failed (OpenSSL)");
+			                        "computing the verifier failed (OpenSSL)");
 			sb_free(&sql);
 			rc = SETPW_ERROR;
 			break;
