@@ -477,15 +477,29 @@ conn_forget_asked(struct pool *pool, struct pool_conn *conn)
 	}
 }
 
-/* Closes a connection no longer counted as idle or busy; lock not held. */
+/* Counts a connection closed that no longer belongs to the pool; the
+ * connection itself is closed with conn_finish. */
 static void
-close_conn(struct pool *pool, struct pool_conn *conn, const char *reason)
+conn_detach(struct pool *pool, struct pool_conn *conn, const char *reason)
 {
 	conn_forget_asked(pool, conn);
 	log_debug("pool connection closed", "pool", pool->label, "reason", reason);
 	metrics_conn_closed(reason);
+}
+
+static void
+conn_finish(struct pool_conn *conn)
+{
 	PQfinish(conn->pg);
 	conn_free(conn);
+}
+
+/* Closes a connection no longer counted as idle or busy; lock not held. */
+static void
+close_conn(struct pool *pool, struct pool_conn *conn, const char *reason)
+{
+	conn_detach(pool, conn, reason);
+	conn_finish(conn);
 }
 
 /* ---- the shared connection budget ---- */
@@ -572,14 +586,17 @@ budget_notify(struct conn_budget *b)
 }
 
 /*
- * With the budget lock held: closes the least recently used idle connection
- * of a pool other than `requester`. Returns true if one was closed (and its
- * unit given back). The connection is closed under the budget lock so the
- * pool it came from cannot be destroyed meanwhile; PQfinish on a healthy
- * connection does not block.
+ * With the budget lock held: takes the least recently used idle connection
+ * of a pool other than `requester` out of its pool and hands it, with its
+ * unit (here and on the host), to the caller in *evicted. The caller closes
+ * it (conn_finish) once the lock is dropped and before its own login:
+ * PQfinish takes 0.3-1.5 ms here (the server's end wakes and exits), too
+ * long to hold the lock every pool's login needs. The pool it came from is
+ * touched only under the lock, so it cannot be destroyed meanwhile. Returns
+ * true if one was taken (*evicted set), or went busy meanwhile (look again).
  */
 static bool
-budget_evict_locked(struct conn_budget *b, const struct pool *requester)
+budget_evict_locked(struct conn_budget *b, const struct pool *requester, struct pool_conn **evicted)
 {
 	struct pool *victim = NULL, *p;
 	struct pool_conn *conn = NULL;
@@ -609,9 +626,8 @@ budget_evict_locked(struct conn_budget *b, const struct pool *requester)
 	pthread_mutex_unlock(&victim->lock);
 	if (conn == NULL)
 		return true;   /* it went busy meanwhile: look again */
-	close_conn(victim, conn, "evicted");
-	b->used--;
-	host_give(b, 1);
+	conn_detach(victim, conn, "evicted");
+	*evicted = conn;
 	return true;
 }
 
@@ -655,6 +671,7 @@ static enum budget_take
 budget_take(struct conn_budget *b, struct pool *pool, const struct timespec *deadline)
 {
 	enum budget_take result;
+	struct pool_conn *evicted = NULL;
 	bool timed_out = false, host_full;
 	int own_idle;
 
@@ -669,8 +686,12 @@ budget_take(struct conn_budget *b, struct pool *pool, const struct timespec *dea
 			}
 			host_full = true;
 		}
-		if (budget_evict_locked(b, pool))
-			continue;
+		if (budget_evict_locked(b, pool, &evicted)) {
+			if (evicted == NULL)
+				continue;
+			result = BUDGET_TAKEN;	/* the evicted connection's unit */
+			break;
+		}
 		pthread_mutex_lock(&pool->lock);
 		own_idle = pool->nidle;
 		pthread_mutex_unlock(&pool->lock);
@@ -685,6 +706,8 @@ budget_take(struct conn_budget *b, struct pool *pool, const struct timespec *dea
 		timed_out = budget_wait(b, deadline, host_full);
 	}
 	pthread_mutex_unlock(&b->lock);
+	if (evicted != NULL)
+		conn_finish(evicted);
 	return result;
 }
 
