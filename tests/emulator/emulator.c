@@ -552,6 +552,7 @@ struct fault {
 	int status;             /* 0: none */
 	long long delay_ms;
 	int drop;
+	int supersede;          /* a mint's credential replaced at once (stale) */
 };
 
 struct role_count {
@@ -778,6 +779,7 @@ struct call {                   /* one request in flight */
 	struct httpd_response *resp;
 	char identity[320];     /* for the log line; never a secret */
 	const char *note;       /* e.g. "fault=503", for the log line */
+	int supersede;          /* the "supersede" fault applies to this call */
 };
 
 /*
@@ -1253,6 +1255,24 @@ static enum setpw_rc db_set_password(struct db *db, const char *role, const char
 
 /* ---- credentials -------------------------------------------------------- */
 
+static char *make_credential(const char *issuer, const char *role, const char *endpoint,
+                             time_t iat, time_t exp);
+
+/*
+ * The "supersede" fault: the role's password is set at once to another
+ * credential, never answered, so the one just minted is refused at login,
+ * as when another host mints for the role right after (password mode).
+ */
+static void supersede_credential(struct emulator *em, const char *role, const char *issuer,
+                                 time_t now, time_t exp, const char *expiry)
+{
+	char *other = make_credential(issuer, role, em->cfg.endpoint, now, exp);
+	if (!other || db_set_password(&em->db, role, other, expiry) != SETPW_OK)
+		log_msg("supersede fault: could not replace the credential of \"%s\"", role);
+	if (other)
+		free_secret(other);
+}
+
 /*
  * A JWT-shaped credential: base64url(header).base64url(payload).base64url(sig).
  * The signature is random bytes (nothing verifies it); the payload carries a
@@ -1376,6 +1396,8 @@ static void h_credentials(struct call *c)
 		c->note = "role-missing";
 		log_msg("postgres: role \"%s\" does not exist; its credential will not log in", role);
 	}
+	if (rc == SETPW_OK && c->supersede)
+		supersede_credential(em, role, issuer, now, exp, expiry);
 
 	struct jw w;
 	if (jw_init(&w)) {
@@ -1498,6 +1520,10 @@ static void h_faults_list(struct call *c)
 			jw_str(&w, "drop");
 			jw_check(&w, yajl_gen_bool(w.g, 1));
 		}
+		if (f->supersede) {
+			jw_str(&w, "supersede");
+			jw_check(&w, yajl_gen_bool(w.g, 1));
+		}
 		if (f->prefix)
 			jw_kstr(&w, "path", f->prefix);
 		jw_close(&w);
@@ -1547,6 +1573,11 @@ static void h_faults_add(struct call *c)
 				bad = "\"drop\" must be true or false";
 			else
 				f.drop = YAJL_IS_TRUE(val);
+		} else if (strcmp(key, "supersede") == 0) {
+			if (!YAJL_IS_TRUE(val) && !YAJL_IS_FALSE(val))
+				bad = "\"supersede\" must be true or false";
+			else
+				f.supersede = YAJL_IS_TRUE(val);
 		} else if (strcmp(key, "path") == 0) {
 			const char *ps = json_string(val);
 			if (!ps || ps[0] != '/' || strlen(ps) > 1024)
@@ -1559,10 +1590,10 @@ static void h_faults_add(struct call *c)
 		}
 	}
 	yajl_tree_free(body);
-	if (!bad && !f.status && !f.delay_ms && !f.drop)
-		bad = "A fault needs \"status\", \"delay_ms\" or \"drop\".";
-	if (!bad && f.status && f.drop)
-		bad = "\"status\" and \"drop\" exclude each other.";
+	if (!bad && !f.status && !f.delay_ms && !f.drop && !f.supersede)
+		bad = "A fault needs \"status\", \"delay_ms\", \"drop\" or \"supersede\".";
+	if (!bad && (!!f.status + f.drop + f.supersede) > 1)
+		bad = "\"status\", \"drop\" and \"supersede\" exclude each other.";
 	if (bad) {
 		free(f.prefix);
 		send_error(c->resp, 400, "INVALID_PARAMETER_VALUE", bad);
@@ -1803,8 +1834,11 @@ static void handle(const struct httpd_request *req, struct httpd_response *resp,
 		send_error(resp, f.status, fault_code(f.status), msg);
 		snprintf(note, sizeof note, "fault=%d", f.status);
 	} else {
-		if (faulted)
+		if (faulted && f.supersede)
+			snprintf(note, sizeof note, "fault=supersede");
+		else if (faulted)
 			snprintf(note, sizeof note, "fault=delay:%lldms", f.delay_ms);
+		c.supersede = faulted && f.supersede;
 		route(&c);
 	}
 
