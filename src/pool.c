@@ -38,9 +38,11 @@
  * max_connections refuses a second connection, the server is down, the
  * credential is refused) pauses the pool's renewals, from RENEW_PAUSE_MIN_MS
  * doubling to RENEW_PAUSE_MAX_MS, so a lasting refusal costs one login and
- * one log line per pause, not one per maintenance pass. A failed second
- * connection also makes the pool renew in place (close, then log in again:
- * no extra connection) for SECOND_LOGIN_PAUSE_MS.
+ * one log line per pause, not one per maintenance pass. A second
+ * connection refused for another reason than its credential also makes the
+ * pool renew in place (close, then log in again: no extra connection) for
+ * SECOND_LOGIN_PAUSE_MS. A refused credential is reported to the source
+ * (auth_failed), as on the request path, so the next try has a new one.
  */
 #define RENEW_PAUSE_MIN_MS 1000
 #define RENEW_PAUSE_MAX_MS 30000
@@ -925,6 +927,17 @@ conn_log_in(struct pool *pool, struct pool_conn *conn, const struct credential *
 	return 0;
 }
 
+/* A login refused the credential (stale: another host minted since, or it
+ * was revoked): lets the credential layer drop it, so the next login, on
+ * the request path or a renewal's, gets a new one. */
+static void
+report_refused_login(const struct pool_source *source, const struct credential *cred,
+		     const struct lb_error *err)
+{
+	if (err->code == LB_ERR_ROLE_MISSING && source->auth_failed != NULL)
+		source->auth_failed(source->ctx, cred);
+}
+
 /* Opens a connection into a reserved slot (and budget unit). */
 static int
 open_into_slot(struct pool *pool, const struct pool_source *source, struct pool_conn **out,
@@ -942,9 +955,7 @@ open_into_slot(struct pool *pool, const struct pool_source *source, struct pool_
 	if (source->get_credential(source->ctx, &cred, err) != 0)
 		goto fail;
 	if (conn_log_in(pool, conn, &cred, err) != 0) {
-		/* Let the credential layer drop a credential the server refused. */
-		if (err->code == LB_ERR_ROLE_MISSING && source->auth_failed != NULL)
-			source->auth_failed(source->ctx, &cred);
+		report_refused_login(source, &cred, err);
 		goto fail;
 	}
 	conn->fresh = true;
@@ -1379,12 +1390,14 @@ settle_spare(struct pool *pool)
 }
 
 /*
- * A renewal login failed: pauses the pool's renewals (see
- * RENEW_PAUSE_MIN_MS) and, if it was a second connection's, its second
- * connections. Logs why, with the pause.
+ * A renewal login failed: reports a refused credential to the source,
+ * pauses the pool's renewals (see RENEW_PAUSE_MIN_MS) and, if it was a
+ * second connection's refused for another reason, its second connections.
+ * Logs why, with the pause.
  */
 static void
-renewal_failed(struct pool *pool, bool second_connection, const char *detail)
+renewal_failed(struct pool *pool, const struct pool_source *source, const struct credential *cred,
+	       bool second_connection, const struct lb_error *err)
 {
 	int64_t now_ms = clock_monotonic_ms(), pause_ms = RENEW_PAUSE_MIN_MS;
 	char pause[24];
@@ -1396,12 +1409,13 @@ renewal_failed(struct pool *pool, bool second_connection, const char *detail)
 		pause_ms = RENEW_PAUSE_MAX_MS;
 	pool->renew_failures++;
 	pool->renew_paused_until_ms = now_ms + pause_ms;
-	if (second_connection)
+	if (second_connection && err->code != LB_ERR_ROLE_MISSING)
 		pool->in_place_until_ms = now_ms + SECOND_LOGIN_PAUSE_MS;
 	pthread_mutex_unlock(&pool->lock);
+	report_refused_login(source, cred, err);
 	snprintf(pause, sizeof(pause), "%lld", (long long)pause_ms);
 	log_info(second_connection ? "pool connection renewal failed" : "pool connection renewal failed: closed",
-		 "pool", pool->label, "detail", detail, "next_try_ms", pause);
+		 "pool", pool->label, "detail", err->detail, "next_try_ms", pause);
 }
 
 static void
@@ -1430,7 +1444,7 @@ second_connection_allowed(struct pool *pool)
  * the login failed, or the pool was retired meanwhile.
  */
 static enum placed
-renew_login_first(struct pool *pool, const struct credential *cred)
+renew_login_first(struct pool *pool, const struct pool_source *source, const struct credential *cred)
 {
 	struct pool_conn *fresh, *replaced = NULL;
 	struct lb_error err;
@@ -1438,8 +1452,10 @@ renew_login_first(struct pool *pool, const struct credential *cred)
 
 	lb_error_clear(&err);
 	fresh = calloc(1, sizeof(*fresh));
+	if (fresh == NULL)
+		lb_error_set(&err, LB_ERR_INTERNAL, "Internal error.", "out of memory");
 	if (fresh == NULL || conn_log_in(pool, fresh, cred, &err) != 0) {
-		renewal_failed(pool, true, fresh != NULL ? err.detail : "out of memory");
+		renewal_failed(pool, source, cred, true, &err);
 		conn_free(fresh);
 		budget_give(pool->budget, 1);
 		return PLACED_NOWHERE;
@@ -1482,7 +1498,7 @@ put_back_idle(struct pool *pool, struct pool_conn *conn)
  * login). Returns true if it was renewed.
  */
 static bool
-renew_in_place(struct pool *pool, const struct credential *cred)
+renew_in_place(struct pool *pool, const struct pool_source *source, const struct credential *cred)
 {
 	struct pool_conn *conn = NULL;
 	struct lb_error err;
@@ -1504,7 +1520,7 @@ renew_in_place(struct pool *pool, const struct credential *cred)
 	metrics_conn_closed("renewed");
 	lb_error_clear(&err);
 	if (conn_log_in(pool, conn, cred, &err) != 0) {
-		renewal_failed(pool, false, err.detail);
+		renewal_failed(pool, source, cred, false, &err);
 		conn_free(conn);
 		busy_slot_freed(pool);
 		return false;
@@ -1548,9 +1564,9 @@ pool_renew(struct pool *pool, const struct pool_source *source)
 			break;
 		}
 		if (second_connection_allowed(pool) && budget_try_take(pool->budget))
-			placed = renew_login_first(pool, &cred);
+			placed = renew_login_first(pool, source, &cred);
 		else
-			placed = renew_in_place(pool, &cred) ? PLACED_REPLACING : PLACED_NOWHERE;
+			placed = renew_in_place(pool, source, &cred) ? PLACED_REPLACING : PLACED_NOWHERE;
 		credential_clear(&cred);
 		if (placed == PLACED_NOWHERE)
 			break;

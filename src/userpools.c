@@ -71,31 +71,36 @@ user_credential(void *ctx, struct credential *out, struct lb_error *err)
 	return credcache_acquire(src->creds, src->id, out, err);
 }
 
-/* A pool's own identity, for renewals: the credential a request minted. */
-struct renew_source {
-	struct credcache *creds;
-	struct identity id;
-};
+static void
+user_auth_failed(void *ctx, const struct credential *cred)
+{
+	struct user_source *src = ctx;
 
+	credcache_invalidate(src->creds, src->id, cred ? cred->token : NULL);
+}
+
+/* For renewals: the credential a request minted (renewals have no token
+ * to mint with). */
 static int
 cached_user_credential(void *ctx, struct credential *out, struct lb_error *err)
 {
-	struct renew_source *src = ctx;
+	struct user_source *src = ctx;
 
 	(void)err;
-	return credcache_peek(src->creds, &src->id, out);
+	return credcache_peek(src->creds, src->id, out);
 }
 
-/* Renews a proven entry's connections (pinned, lock not held); pool_renew's result. */
+/* Renews a proven entry's connections (pinned, lock not held); pool_renew's
+ * result. A credential the renewal login finds refused is dropped, so the
+ * entry's next request mints a new one. */
 static int
 renew_entry(struct userpools *up, struct user_entry *e)
 {
-	struct renew_source src = { .creds = up->creds };
-	struct pool_source source = { cached_user_credential, NULL, &src };
+	struct identity id = { .kind = IDENTITY_USER, .email = e->email };
+	struct user_source src = { up->creds, &id };
+	struct pool_source source = { cached_user_credential, user_auth_failed, &src };
 
-	src.id.kind = IDENTITY_USER;
-	src.id.email = e->email;
-	memcpy(src.id.token_fp, e->fp, TOKEN_FP_LEN);
+	memcpy(id.token_fp, e->fp, TOKEN_FP_LEN);
 	return pool_renew(e->pool, &source);
 }
 
@@ -160,14 +165,6 @@ renew_entries(struct userpools *up, struct user_entry **pinned, int n)
 		pthread_join(helpers[i], NULL);
 	free(pass.entries);
 	return atomic_load(&pass.progress);
-}
-
-static void
-user_auth_failed(void *ctx, const struct credential *cred)
-{
-	struct user_source *src = ctx;
-
-	credcache_invalidate(src->creds, src->id, cred ? cred->token : NULL);
 }
 
 /* The fingerprint is a SHA-256: its first bytes are already uniform. */

@@ -199,6 +199,47 @@ test_refused_second_connection_renews_in_place() {
 	emulator_with "$STACK_EMU_CONFIG"
 }
 
+# A renewal login refused because its credential went stale (the emulator's
+# "supersede" fault: the role's password replaced right after the mint, as
+# when another host mints for it) drops that credential, as a refused login
+# on the request path does, so the next renewal has a new one: one refused
+# login, not one per retry until the connections expire or are closed.
+# Alice's pool (max 1) and the SP's are both busy, one request each every
+# 0.2 s for 16 s; whichever pool's refresh takes the fault must recover.
+# Credentials live 12 s and are due 5-6 s before expiry.
+test_refused_renewal_credential_is_replaced() {
+	local out=$STACK_DIR/it-superseded.out deadline mark refused logins renewed expired requests failed
+	short_lifetime_stack 12 superseded \
+		'.credentials.refresh_margin_ms = 6000 | .user_pool.max = 1 | .log_level = "debug"' || return
+	mark=$(stat -c %s "$STACK_WORKER_LOG")
+	# Each pool logs in with its first credential before the fault is queued.
+	expect_eq "$(alice_todos | cut -d' ' -f1)" 200 "alice's first request" || return
+	expect_eq "$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$LAKEBASE_URL/api/todos?limit=1")" 200 \
+		"the SP's first request" || return
+	emu_fault '{"supersede": true, "path": "/api/2.0/postgres/credentials"}'
+	deadline=$(awk -v n="$(now_s)" 'BEGIN { printf "%.3f", n + 16 }')
+	alice_get_until "$deadline" '/api/todos?limit=1' 0.2 >"$out.sp" &
+	local sp_client=$!
+	alice_get_until "$deadline" /api/my/todos 0.2 >"$out.user"
+	wait "$sp_client"
+	requests=$(cat "$out.sp" "$out.user" | wc -l)
+	failed=$(cat "$out.sp" "$out.user" | grep -cv '^200$')
+	tail -c +"$((mark + 1))" "$STACK_WORKER_LOG" >"$out.log"
+	refused=$(grep -c 'msg="pool connection renewal failed' "$out.log")
+	logins=$(grep -c 'msg="pool connection opened"' "$out.log")
+	renewed=$(closed_total renewed)
+	expired=$(closed_total expired_credential)
+	printf '       %d requests; renewal logins refused %s, logins on the request path %s, renewed %s, expired %s\n' \
+		"$requests" "$refused" "$logins" "$renewed" "$expired"
+	expect_eq "$failed" 0 "every request 200"
+	expect_eq "$(emu_counter .faults_injected)" 1 "a refresh's credential was superseded"
+	expect_eq "$refused" 1 "one renewal login refused: the stale credential was dropped after it"
+	expect_le "$logins" 2 "no login on the request path but each pool's first"
+	expect_ge "$renewed" 2 "both pools' connections renewed"
+	expect_eq "$expired" 0 "no connection reached its credential's expiry"
+	emulator_with "$STACK_EMU_CONFIG"
+}
+
 # A lazy user's due credential is refreshed off the request path: with the
 # next mint delayed 2 s, the request that finds alice's credential due is
 # answered at once with the current credential, and the new one arrives
@@ -391,6 +432,8 @@ run_test "a busy user connection is renewed with no login on the request path (m
 	test_busy_connection_renewed_without_a_login_on_the_request_path
 run_test "a role's connection limit refusing the renewal's second connection: renewed in place, no retry storm" \
 	test_refused_second_connection_renews_in_place
+run_test "a renewal login refused as stale drops the credential: one refusal, renewed, none expired" \
+	test_refused_renewal_credential_is_replaced
 run_test "a due user credential is refreshed off the request path: a 2 s mint delays no request" \
 	test_due_user_credential_refreshed_off_the_request_path
 run_test "two 503s on the mint are retried: one request, 200" test_two_503_then_success_is_one_200
