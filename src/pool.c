@@ -176,6 +176,22 @@ sslmode_verifies(const char *sslmode)
 	    (strcmp(sslmode, "verify-ca") == 0 || strcmp(sslmode, "verify-full") == 0);
 }
 
+/*
+ * libpq 15 builds a TLS context for every connection and reads its root
+ * certificate file again each time (OpenSSL 3 decodes every certificate):
+ * with the system bundle, ~140 certificates, that is about 50 ms of CPU
+ * per login on a small machine, against ~0.5 ms for the one root the
+ * server's chain needs (BENCHMARKS.md).
+ */
+void
+pool_warn_costly_settings(const struct lb_config *cfg)
+{
+	if (cfg->pg_sslrootcert == NULL && sslmode_verifies(cfg->pg_sslmode))
+		log_warn("postgres.sslrootcert is not set: every login reads the whole system CA bundle, "
+			 "tens of ms of CPU each; set it to the root CA of the server's certificate (README, TLS)",
+			 "bundle", SYSTEM_CA_BUNDLE);
+}
+
 static bool
 is_sqlstate_char(char c)
 {

@@ -86,6 +86,9 @@ struct pool *pool_create(const struct lb_config *cfg, const struct pool_settings
 			 struct conn_budget *budget);
 /* Closes every connection (waits for none: call when no thread uses it). */
 void pool_destroy(struct pool *pool);
+/* Logs a warning for connection settings that make every login costly
+ * (once, at startup). */
+void pool_warn_costly_settings(const struct lb_config *cfg);
 
 int pool_acquire(struct pool *pool, struct pool_conn **out, struct lb_error *err);
 /* The same, but a new physical connection takes its credential from `source`

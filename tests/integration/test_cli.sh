@@ -179,6 +179,23 @@ stops_cleanly_on() {
 	[[ ! -e $sock ]]
 	expect_eq "$?" 0 "socket removed"
 	expect_eq "$(tail -n 1 "$log" | grep -c 'msg=stopped')" 1 "last log line says stopped"
+	expect_eq "$(grep -c 'postgres.sslrootcert is not set' "$log")" 0 "no warning about postgres.sslrootcert (set)"
+}
+
+# Without postgres.sslrootcert, libpq 15 reads the whole system CA bundle
+# on every login (tens of ms of CPU each): the worker says so, once, at
+# startup.
+test_unset_sslrootcert_warns_once_at_startup() {
+	local sock=$STACK_DIR/it-cli-rootcert.sock log=$STACK_DIR/it-cli-rootcert.log pid
+	rm -f "$sock" "$log"
+	( worker_env_defaults
+	  unset PGSSLROOTCERT
+	  exec "$BIN" -c "$STACK_WORKER_CONFIG" --listen "unix:$sock" --threads 2 ) >>"$log" 2>&1 </dev/null &
+	pid=$!
+	wait_for "[[ -S '$sock' ]] || ! pid_alive $pid" 10
+	kill -TERM "$pid"
+	wait "$pid"
+	expect_eq "$(grep -c 'level=warn .*postgres.sslrootcert is not set' "$log")" 1 "one warning, at startup"
 }
 
 test_sigterm_stops_the_worker_with_status_0() {
@@ -199,4 +216,6 @@ run_test "--help lists every option" test_help_lists_every_option
 run_test "unknown option, bad value, stray argument: non-zero exit" test_unknown_option_or_argument_is_an_error
 run_test "SIGTERM: exit status 0 within 5 s, socket removed" test_sigterm_stops_the_worker_with_status_0
 run_test "SIGINT: exit status 0 within 5 s, socket removed" test_sigint_stops_the_worker_with_status_0
+run_test "postgres.sslrootcert unset: one warning at startup (every login would read the system bundle)" \
+	test_unset_sslrootcert_warns_once_at_startup
 summary
