@@ -142,19 +142,26 @@ alice_get_until() {
 	done
 }
 
+# two_clients SECONDS OUT PATH1 PATH2 [PAUSE]: alice_get_until on PATH1 and
+# on PATH2 at once for SECONDS (statuses in OUT.1 and OUT.2); prints the
+# number of requests and of those not answered 200.
+two_clients() {
+	local deadline pid
+	deadline=$(awk -v n="$(now_s)" -v s="$1" 'BEGIN { printf "%.3f", n + s }')
+	alice_get_until "$deadline" "$3" "${5:-}" >"$2.1" &
+	pid=$!
+	alice_get_until "$deadline" "$4" "${5:-}" >"$2.2"
+	wait "$pid"
+	echo "$(cat "$2.1" "$2.2" | wc -l) $(cat "$2.1" "$2.2" | grep -cv '^200$')"
+}
+
 test_busy_connection_renewed_without_a_login_on_the_request_path() {
-	local out=$STACK_DIR/it-busy-renew.out deadline mark logins renewed expired requests failed
+	local out=$STACK_DIR/it-busy-renew.out mark logins renewed expired requests failed
 	short_lifetime_stack 12 busy-renew '.credentials.refresh_margin_ms = 6000 | .user_pool.max = 1 | .log_level = "debug"
 		| .routes += [{ "method": "GET", "path": "/api/my/slow", "auth": "on-behalf-of-user",
 				"sql": "SELECT true AS slept FROM pg_catalog.pg_sleep(0.2)", "params": {}, "result": "one" }]' || return
 	mark=$(stat -c %s "$STACK_WORKER_LOG")
-	deadline=$(awk -v n="$(now_s)" 'BEGIN { printf "%.3f", n + 15 }')
-	alice_get_until "$deadline" /api/my/slow >"$out.1" &
-	local client1=$!
-	alice_get_until "$deadline" /api/my/slow >"$out.2"
-	wait "$client1"
-	requests=$(cat "$out.1" "$out.2" | wc -l)
-	failed=$(cat "$out.1" "$out.2" | grep -cv '^200$')
+	read -r requests failed < <(two_clients 15 "$out" /api/my/slow /api/my/slow)
 	tail -c +"$((mark + 1))" "$STACK_WORKER_LOG" >"$out.log"
 	logins=$(grep -c 'msg="pool connection opened" pool=user:' "$out.log")
 	renewed=$(grep -c 'msg="pool connection closed" pool=user:[0-9a-f]* reason=renewed' "$out.log")
@@ -208,7 +215,7 @@ test_refused_second_connection_renews_in_place() {
 # 0.2 s for 16 s; whichever pool's refresh takes the fault must recover.
 # Credentials live 12 s and are due 5-6 s before expiry.
 test_refused_renewal_credential_is_replaced() {
-	local out=$STACK_DIR/it-superseded.out deadline mark refused logins renewed expired requests failed
+	local out=$STACK_DIR/it-superseded.out mark refused logins renewed expired requests failed
 	short_lifetime_stack 12 superseded \
 		'.credentials.refresh_margin_ms = 6000 | .user_pool.max = 1 | .log_level = "debug"' || return
 	mark=$(stat -c %s "$STACK_WORKER_LOG")
@@ -217,13 +224,7 @@ test_refused_renewal_credential_is_replaced() {
 	expect_eq "$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$LAKEBASE_URL/api/todos?limit=1")" 200 \
 		"the SP's first request" || return
 	emu_fault '{"supersede": true, "path": "/api/2.0/postgres/credentials"}'
-	deadline=$(awk -v n="$(now_s)" 'BEGIN { printf "%.3f", n + 16 }')
-	alice_get_until "$deadline" '/api/todos?limit=1' 0.2 >"$out.sp" &
-	local sp_client=$!
-	alice_get_until "$deadline" /api/my/todos 0.2 >"$out.user"
-	wait "$sp_client"
-	requests=$(cat "$out.sp" "$out.user" | wc -l)
-	failed=$(cat "$out.sp" "$out.user" | grep -cv '^200$')
+	read -r requests failed < <(two_clients 16 "$out" '/api/todos?limit=1' /api/my/todos 0.2)
 	tail -c +"$((mark + 1))" "$STACK_WORKER_LOG" >"$out.log"
 	refused=$(grep -c 'msg="pool connection renewal failed' "$out.log")
 	logins=$(grep -c 'msg="pool connection opened"' "$out.log")
