@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/stack.sh start|stop|status|restart - the local stack, all on
 # loopback: PostgreSQL 15 with TLS (a throwaway test CA) and password
-# logins over it (as Lakebase takes its OAuth tokens), the workspace emulator, lakebase-fcgi, and nginx in front of it.
+# logins over it (as Lakebase takes its OAuth tokens), the workspace
+# emulator, lakebase-fcgi, and nginx in front of it.
 #
 # State (data, certs, secrets, logs, pidfiles, sockets) lives in
 # ${LAKEBASE_STACK_DIR:-/tmp/lakebase-fcgi-stack}; `start` recreates it from

@@ -26,9 +26,10 @@
 /*
  * Pools renewed at once by the maintenance pass, each logging in one
  * connection at a time. Under load one thread's logins can take ~100 ms
- * each (TLS, or SCRAM where the server asks for it, on a busy host), too slow for a burst of due connections
- * (users whose credentials were minted together): they would reach their
- * expiry and be logged in again on the request path, all at once.
+ * each (TLS, or SCRAM where the server asks for it, on a busy host): too
+ * slow for a burst of due connections (users whose credentials were minted
+ * together), which would reach their expiry and be logged in again on the
+ * request path, all at once.
  */
 #define RENEW_POOLS_AT_ONCE 4
 

@@ -1255,24 +1255,6 @@ static enum setpw_rc db_set_password(struct db *db, const char *role, const char
 
 /* ---- credentials -------------------------------------------------------- */
 
-static char *make_credential(const char *issuer, const char *role, const char *endpoint,
-                             time_t iat, time_t exp);
-
-/*
- * The "supersede" fault: the role's password is set at once to another
- * credential, never answered, so the one just minted is refused at login,
- * as when another host mints for the role right after (password mode).
- */
-static void supersede_credential(struct emulator *em, const char *role, const char *issuer,
-                                 time_t now, time_t exp, const char *expiry)
-{
-	char *other = make_credential(issuer, role, em->cfg.endpoint, now, exp);
-	if (!other || db_set_password(&em->db, role, other, expiry) != SETPW_OK)
-		log_msg("supersede fault: could not replace the credential of \"%s\"", role);
-	if (other)
-		free_secret(other);
-}
-
 /*
  * A JWT-shaped credential: base64url(header).base64url(payload).base64url(sig).
  * The signature is random bytes (nothing verifies it); the payload carries a
@@ -1339,6 +1321,21 @@ out:
 	free_secret(jti);
 	free_secret(pad);
 	return result;
+}
+
+/*
+ * The "supersede" fault: the role's password is set at once to another
+ * credential, never answered, so the one just minted is refused at login,
+ * as when another host mints for the role right after (password mode).
+ */
+static void supersede_credential(struct emulator *em, const char *role, const char *issuer,
+                                 time_t now, time_t exp, const char *expiry)
+{
+	char *other = make_credential(issuer, role, em->cfg.endpoint, now, exp);
+	if (!other || db_set_password(&em->db, role, other, expiry) != SETPW_OK)
+		log_msg("supersede fault: could not replace the credential of \"%s\"", role);
+	if (other)
+		free_secret(other);
 }
 
 static void h_credentials(struct call *c)
