@@ -27,6 +27,7 @@
 #include "credential.h"
 #include "listener.h"
 #include "log.h"
+#include "pool.h"
 #include "process.h"
 #include "server.h"
 #include "supervisor.h"
@@ -376,6 +377,7 @@ reload_config(void *ctx)
 		config_free(cfg);
 		return NULL;
 	}
+	pool_warn_costly_settings(cfg);
 	return cfg;
 }
 
@@ -535,6 +537,7 @@ run_server(struct options *opt, struct lb_config *cfg)
 	log_info("listening", "on", l.addr, "socket",
 		 l.origin == LISTENER_SYSTEMD ? "from systemd" :
 		 l.origin == LISTENER_FD0 ? "from the process manager" : "ours");
+	pool_warn_costly_settings(cfg);   /* once per start (and reload), not per worker */
 	if (cfg->workers != 0)
 		rc = run_supervisor(opt, &cfg, l.fd, daemon_fd);
 	else

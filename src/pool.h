@@ -87,7 +87,7 @@ struct pool *pool_create(const struct lb_config *cfg, const struct pool_settings
 /* Closes every connection (waits for none: call when no thread uses it). */
 void pool_destroy(struct pool *pool);
 /* Logs a warning for connection settings that make every login costly
- * (once, at startup). */
+ * (the caller logs it once per start or reload, not per worker process). */
 void pool_warn_costly_settings(const struct lb_config *cfg);
 
 int pool_acquire(struct pool *pool, struct pool_conn **out, struct lb_error *err);

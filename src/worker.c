@@ -214,7 +214,6 @@ worker_create(const struct lb_config *cfg, struct lb_error *err)
 
 		conn_budget_set_host(w->budget, &host);
 	}
-	pool_warn_costly_settings(cfg);
 	w->sp_pool = w->budget ? pool_create(cfg, &cfg->sp_pool, &sp_source, "sp", w->budget) : NULL;
 	w->users = w->sp_pool ? userpools_create(cfg, w->creds, w->budget) : NULL;
 	if (w->users == NULL) {

@@ -183,19 +183,29 @@ stops_cleanly_on() {
 }
 
 # Without postgres.sslrootcert, libpq 15 reads the whole system CA bundle
-# on every login (tens of ms of CPU each): the worker says so, once, at
-# startup.
-test_unset_sslrootcert_warns_once_at_startup() {
-	local sock=$STACK_DIR/it-cli-rootcert.sock log=$STACK_DIR/it-cli-rootcert.log pid
+# on every login (tens of ms of CPU each): the server says so once at
+# startup, alone or under the supervisor (not once per worker process).
+# rootcert_warnings NAME ARGS...: starts lakebase-fcgi with ARGS and no
+# PGSSLROOTCERT until it serves (its log says READY), stops it, and prints
+# how many warnings its log has.
+rootcert_warnings() {
+	local sock=$STACK_DIR/it-cli-$1.sock log=$STACK_DIR/it-cli-$1.log ready=$2 pid
+	shift 2
 	rm -f "$sock" "$log"
 	( worker_env_defaults
 	  unset PGSSLROOTCERT
-	  exec "$BIN" -c "$STACK_WORKER_CONFIG" --listen "unix:$sock" --threads 2 ) >>"$log" 2>&1 </dev/null &
+	  exec "$BIN" -c "$STACK_WORKER_CONFIG" --listen "unix:$sock" "$@" ) >>"$log" 2>&1 </dev/null &
 	pid=$!
-	wait_for "[[ -S '$sock' ]] || ! pid_alive $pid" 10
+	wait_for "grep -q '$ready' '$log' || ! pid_alive $pid" 20
 	kill -TERM "$pid"
 	wait "$pid"
-	expect_eq "$(grep -c 'level=warn .*postgres.sslrootcert is not set' "$log")" 1 "one warning, at startup"
+	grep -c 'level=warn .*postgres.sslrootcert is not set' "$log"
+}
+
+test_unset_sslrootcert_warns_once_at_startup() {
+	expect_eq "$(rootcert_warnings rootcert 'msg=serving' --threads 2)" 1 "one warning, alone"
+	expect_eq "$(rootcert_warnings rootcert-sup 'supervisor ready' --workers 2 --threads 2)" 1 \
+		"one warning under the supervisor with 2 workers"
 }
 
 test_sigterm_stops_the_worker_with_status_0() {
