@@ -2,10 +2,8 @@
  * retry.c - transient versus permanent failures of workspace calls, and the
  * jittered retry schedule (see retry.h).
  */
-#include <errno.h>
 #include <limits.h>
 #include <stdint.h>
-#include <time.h>
 
 #include <curl/curl.h>
 
