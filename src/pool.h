@@ -43,9 +43,10 @@ struct pool_conn;
 /*
  * A per-worker budget of physical connections shared by several pools (the
  * service principal's and every user's): max_connections. A pool that needs
- * a new connection takes a unit; when none is left it closes the least
- * recently used idle connection of another pool, or waits for one to become
- * idle or closed, until its acquire deadline. Lock order: budget, then pool.
+ * a new connection takes a unit; when none is left it closes an idle
+ * connection of the other pool that served the fewest requests lately (a
+ * count that halves every 30 s), or waits for one to become idle or
+ * closed, until its acquire deadline. Lock order: budget, then pool.
  */
 struct conn_budget;
 

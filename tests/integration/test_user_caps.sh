@@ -156,6 +156,35 @@ test_expiry_mid_traffic() {
 }
 run_test "credential expiry mid-traffic (lifetime 6 s): no failed request" test_expiry_mid_traffic
 
+# --- which connection goes when the budget is spent ------------------------------------
+
+# as_bulk_user NUM: one request of userNUM, which must see exactly their row.
+as_bulk_user() {
+	as_user GET /api/my/todos "$(user_email "$1")" "$(user_token "$1")"
+	expect_status 200 && expect_body "$(user_json "$1")"
+}
+
+test_evicts_coldest() {
+	local cfg=$IT_TMP/worker-evict.json hot_pid i
+	worker_config_with '.max_connections = 2 | .pool = ((.pool // {}) + {max: 1}) | .user_pool = ((.user_pool // {}) + {max: 1})' "$cfg" || return
+	users_worker_restart "$cfg" || return
+	# user01 is the busy one, then user02 comes by once: the budget is spent.
+	for i in 1 2 3 4 5; do as_bulk_user 01 || return; done
+	as_bulk_user 02 || return
+	hot_pid=$(pg_worker_pids "$(user_email 01)")
+	expect_eq "$(pg_count_worker_conns)" 2 "user01 and user02 hold the 2 connections" || return
+	# user03 needs one: user02's goes (1 request), although user01's has
+	# been idle longer (least recently used would close it).
+	as_bulk_user 03 || return
+	# (its backend exits just after the close: poll, bounded)
+	wait_for "[[ -z \$(pg_worker_pids '$(user_email 02)') ]]" 5
+	expect_eq "$(pg_worker_pids "$(user_email 02)")" "" "user02's connection was closed for user03"
+	expect_eq "$(pg_worker_pids "$(user_email 01)")" "$hot_pid" "user01 kept its connection"
+	as_bulk_user 01
+	expect_eq "$(pg_worker_pids "$(user_email 01)")" "$hot_pid" "user01 served on the same connection"
+}
+run_test "eviction: the budget closes the connection of the user with the fewest recent requests" test_evicts_coldest
+
 # --- back to normal --------------------------------------------------------------------------
 
 test_restore() {
