@@ -584,6 +584,7 @@ struct emulator {
 	size_t nmints, capmints;
 	long long mints_total, mint_failures, mints_role_missing;
 	long long oauth_tokens, scim_calls, requests, faults_injected;
+	long long connections;   /* that carried an API request first (keep-alive reuse shows here) */
 };
 
 static void issued_free(struct issued *t)
@@ -606,6 +607,7 @@ static void counters_clear(struct emulator *em)
 	em->nmints = 0;
 	em->mints_total = em->mint_failures = em->mints_role_missing = 0;
 	em->oauth_tokens = em->scim_calls = em->requests = em->faults_injected = 0;
+	em->connections = 0;
 }
 
 /* Under em->mu. */
@@ -1487,6 +1489,7 @@ static void h_counters(struct call *c)
 	jw_kint(&w, "oauth_tokens", em->oauth_tokens);
 	jw_kint(&w, "scim_calls", em->scim_calls);
 	jw_kint(&w, "requests", em->requests);
+	jw_kint(&w, "connections", em->connections);
 	jw_kint(&w, "faults_injected", em->faults_injected);
 	jw_kint(&w, "faults_pending", (long long)em->nfaults);
 	jw_close(&w);
@@ -1817,6 +1820,8 @@ static void handle(const struct httpd_request *req, struct httpd_response *resp,
 	if (!admin) {
 		pthread_mutex_lock(&em->mu);
 		em->requests++;
+		if (req->nth == 1)
+			em->connections++;
 		faulted = take_fault(em, req->path, &f);
 		pthread_mutex_unlock(&em->mu);
 	}

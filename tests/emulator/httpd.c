@@ -2,8 +2,9 @@
  * httpd.c - the emulator's minimal HTTP/1.1 server (see httpd.h).
  *
  * One accept thread polls the listening socket and a wake-up pipe; each
- * accepted connection gets a detached thread that reads one request, calls
- * the handler, writes the answer and closes. Connections are registered so
+ * accepted connection gets a detached thread that reads a request, calls
+ * the handler and writes the answer, then waits for the connection's next
+ * request (keep-alive) or closes. Connections are registered so
  * that httpd_stop can wake threads blocked in recv() and wait for them.
  */
 #include "httpd.h"
@@ -11,6 +12,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -245,7 +247,7 @@ static int send_all(int fd, const char *p, size_t n)
 	return 0;
 }
 
-static void write_response(int fd, struct httpd_response *resp)
+static void write_response(int fd, struct httpd_response *resp, int last)
 {
 	if (resp->failed) {
 		resp->status = 500;
@@ -262,7 +264,8 @@ static void write_response(int fd, struct httpd_response *resp)
 		bad = buf_append_str(&head, "Content-Type: ", SIZE_MAX / 2) ||
 		      buf_append_str(&head, resp->content_type, SIZE_MAX / 2) ||
 		      buf_append_str(&head, "\r\n", SIZE_MAX / 2);
-	n = snprintf(line, sizeof line, "Content-Length: %zu\r\nConnection: close\r\n", resp->body.len);
+	n = snprintf(line, sizeof line, "Content-Length: %zu\r\n%s", resp->body.len,
+	             last ? "Connection: close\r\n" : "");
 	if (!bad)
 		bad = n < 0 || (size_t)n >= sizeof line || buf_append_str(&head, line, SIZE_MAX / 2);
 	if (!bad && resp->headers.len)
@@ -279,7 +282,7 @@ static void write_simple(int fd, int status, const char *message)
 {
 	struct httpd_response resp = {.status = status};
 	(void)httpd_response_body(&resp, "text/plain; charset=utf-8", message, strlen(message));
-	write_response(fd, &resp);
+	write_response(fd, &resp, 1);
 	buf_free(&resp.body);
 	buf_free(&resp.headers);
 }
@@ -437,6 +440,9 @@ static int read_request(int fd, struct buf *head, struct buf *body,
 	req->target = target;
 	req->headers = hs;
 	req->nheaders = nh;
+	const char *connection = httpd_header_get(req, "Connection");
+	req->last = strcmp(version, "HTTP/1.1") != 0 ||
+	            (connection != NULL && strcasestr(connection, "close") != NULL);
 
 	/* Body: Content-Length only. */
 	if (httpd_header_get(req, "Transfer-Encoding"))
@@ -510,14 +516,19 @@ static void unregister_conn(struct conn *c)
 	pthread_mutex_unlock(&srv->mu);
 }
 
-static void *conn_main(void *arg)
+/*
+ * Serves one request of the connection. Returns 1 when the connection may
+ * carry another, 0 when it was answered for the last time (or dropped).
+ */
+static int serve_one(struct conn *c, unsigned nth)
 {
-	struct conn *c = arg;
 	struct buf head = {0}, body = {0};
 	struct httpd_header *headers = NULL;
 	struct httpd_request req;
+	int again = 0;
 	memset(&req, 0, sizeof req);
 	req.peer = c->peer;
+	req.nth = nth;
 
 	int rc = read_request(c->fd, &head, &body, &headers, &req);
 	if (rc == 0) {
@@ -526,8 +537,11 @@ static void *conn_main(void *arg)
 		resp.status = 500;
 		c->srv->handler(&req, &resp, c->srv->ctx);
 		if (!resp.drop) {
-			write_response(c->fd, &resp);
-			linger_close(c->fd);
+			write_response(c->fd, &resp, req.last);
+			if (req.last)
+				linger_close(c->fd);
+			else
+				again = 1;
 		}
 		buf_free(&resp.headers);
 		buf_free(&resp.body);
@@ -540,6 +554,20 @@ static void *conn_main(void *arg)
 	free(headers);
 	buf_free(&head);
 	buf_free(&body);
+	return again;
+}
+
+static void *conn_main(void *arg)
+{
+	struct conn *c = arg;
+	struct timeval idle = {.tv_sec = HTTPD_KEEPALIVE_S};
+	unsigned nth = 1;
+
+	while (serve_one(c, nth) && nth < UINT_MAX) {
+		/* The next request: waited for HTTPD_KEEPALIVE_S, then closed. */
+		(void)setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &idle, sizeof idle);
+		nth++;
+	}
 	unregister_conn(c);
 	free(c);
 	return NULL;

@@ -2,7 +2,9 @@
  * httpd.h - a minimal threaded HTTP/1.1 server for the workspace emulator.
  *
  * Test infrastructure, not product code: one detached thread per connection,
- * one request per connection (every answer carries "Connection: close"),
+ * which serves its requests one after another (HTTP/1.1 keep-alive, as a
+ * workspace does, until the client closes or asks to, an error, or
+ * HTTPD_KEEPALIVE_S idle; no pipelining),
  * Content-Length bodies only (no chunked encoding), loopback addresses only.
  * Every input length is checked against a cap, so a hostile or broken client
  * gets a 4xx, never an overflow. Request and response buffers are wiped when
@@ -18,6 +20,7 @@
 #define HTTPD_MAX_HEAD        (64u * 1024u)    /* request line + headers: 431 */
 #define HTTPD_MAX_HEADERS     100u             /* header fields: 431 */
 #define HTTPD_MAX_CONNECTIONS 256u             /* concurrent: 503 beyond */
+#define HTTPD_KEEPALIVE_S     5                /* idle between requests: closed after */
 
 struct httpd_header {
 	const char *name;
@@ -34,6 +37,8 @@ struct httpd_request {
 	const char *body;    /* NUL-terminated; body_len bytes (may hold NULs) */
 	size_t body_len;
 	const char *peer;    /* client address, "127.0.0.1:54321" */
+	unsigned nth;        /* 1 for the first request on its connection, 2 for the next... */
+	int last;            /* the connection closes after this answer (HTTP/1.0, "Connection: close") */
 };
 
 /* Case-insensitive header lookup; the first field of that name, or NULL. */
