@@ -56,6 +56,25 @@
 #define MSG_UNREACHABLE "The workspace API could not be reached."
 #define MSG_INTERNAL "Internal error."
 
+/*
+ * Easy handles are kept between calls so that a call reuses the previous
+ * one's connection to the workspace (curl keeps it in the handle) instead
+ * of opening one, with a TLS handshake, per call: with the system's CA
+ * bundle a new HTTPS connection costs about 45 ms of CPU on the benchmark
+ * machine, curl parsing the bundle each time, and a reused one under
+ * 1 ms (BENCHMARKS.md). Up to WS_KEPT_HANDLES are kept: calls beyond that
+ * many at once use a handle of their own, closed after.
+ *
+ * What a kept handle retains between calls: the connection (no secret),
+ * the last answer in curl's and OpenSSL's receive buffers (a credential
+ * the cache holds anyway, or the SP's token, which this client holds),
+ * and for the M2M call the client id and secret (held here anyway). A
+ * request's headers, a user's token among them, are in our header list,
+ * wiped after each call, and in curl's request buffer, freed once sent:
+ * a kept handle holds no user's token.
+ */
+#define WS_KEPT_HANDLES 4
+
 struct workspace_client {
 	char *host;			/* scheme://host[:port] */
 	char *client_id;
@@ -76,6 +95,10 @@ struct workspace_client {
 	unsigned long sp_generation;	/* bumped when a fetch ends */
 	bool sp_last_failed;		/* the last fetch failed... */
 	struct lb_error sp_last_err;	/* ...with this, for its waiters */
+
+	pthread_mutex_t handles_lock;	/* guards the two below */
+	CURL *handles[WS_KEPT_HANDLES];	/* idle easy handles (handle_take) */
+	int nhandles;
 };
 
 /* One HTTP exchange, described for curl and for error details. */
@@ -602,9 +625,38 @@ build_headers(const struct http_request *req)
 #define SETOPT(rc, curl, opt, val) \
 	do { if ((rc) == CURLE_OK) (rc) = curl_easy_setopt((curl), (opt), (val)); } while (0)
 
-/* One try: a fresh easy handle, so threads never share curl state. */
+/* An easy handle for one call: a kept one (with its connection), or new. */
+static CURL *
+handle_take(struct workspace_client *ws)
+{
+	CURL *curl = NULL;
+
+	pthread_mutex_lock(&ws->handles_lock);
+	if (ws->nhandles > 0)
+		curl = ws->handles[--ws->nhandles];
+	pthread_mutex_unlock(&ws->handles_lock);
+	return curl != NULL ? curl : curl_easy_init();
+}
+
+/* A call is done with `curl`: its options go (our header list, the client
+ * secret), its connection stays, and it is kept if there is room. */
+static void
+handle_give(struct workspace_client *ws, CURL *curl)
+{
+	curl_easy_reset(curl);
+	pthread_mutex_lock(&ws->handles_lock);
+	if (ws->nhandles < WS_KEPT_HANDLES) {
+		ws->handles[ws->nhandles++] = curl;
+		curl = NULL;
+	}
+	pthread_mutex_unlock(&ws->handles_lock);
+	if (curl != NULL)
+		curl_easy_cleanup(curl);
+}
+
+/* One try, on a handle used by this thread alone until it is given back. */
 static CURLcode
-http_perform_once(const struct workspace_client *ws, const struct http_request *req,
+http_perform_once(struct workspace_client *ws, const struct http_request *req,
 		  struct http_answer *answer, char *errbuf)
 {
 	struct curl_slist *headers;
@@ -616,7 +668,7 @@ http_perform_once(const struct workspace_client *ws, const struct http_request *
 	headers = build_headers(req);
 	if (headers == NULL)
 		return CURLE_OUT_OF_MEMORY;
-	curl = curl_easy_init();
+	curl = handle_take(ws);
 	if (curl == NULL) {
 		slist_free_wiped(headers);
 		return CURLE_OUT_OF_MEMORY;
@@ -645,7 +697,7 @@ http_perform_once(const struct workspace_client *ws, const struct http_request *
 		rc = curl_easy_perform(curl);
 	if (rc == CURLE_OK)
 		curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &answer->status);
-	curl_easy_cleanup(curl);
+	handle_give(ws, curl);
 	slist_free_wiped(headers);
 	return rc;
 }
@@ -789,7 +841,7 @@ http_failure(const struct http_request *req, CURLcode cc, const char *errbuf,
  * happened on the last try.
  */
 static int
-http_call(const struct workspace_client *ws, const struct http_request *req,
+http_call(struct workspace_client *ws, const struct http_request *req,
 	  struct http_answer *answer, struct lb_error *err)
 {
 	char errbuf[CURL_ERROR_SIZE];
@@ -879,6 +931,7 @@ workspace_create(const struct lb_config *cfg, struct lb_error *err)
 		return NULL;
 	}
 	pthread_mutex_init(&ws->lock, NULL);
+	pthread_mutex_init(&ws->handles_lock, NULL);
 	pthread_condattr_init(&attr);
 	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
 	pthread_cond_init(&ws->sp_cond, &attr);
@@ -911,6 +964,9 @@ workspace_destroy(struct workspace_client *ws)
 {
 	if (ws == NULL)
 		return;
+	while (ws->nhandles > 0)
+		curl_easy_cleanup(ws->handles[--ws->nhandles]);
+	pthread_mutex_destroy(&ws->handles_lock);
 	pthread_mutex_destroy(&ws->lock);
 	pthread_cond_destroy(&ws->sp_cond);
 	free(ws->host);
@@ -955,7 +1011,7 @@ token_endpoint_allowed(const struct workspace_client *ws, const char *url)
  * 0 with *url, or -1 with *permanent telling whether to stop trying.
  */
 static int
-discover_token_endpoint(const struct workspace_client *ws, char **url, bool *permanent,
+discover_token_endpoint(struct workspace_client *ws, char **url, bool *permanent,
 			struct lb_error *err)
 {
 	struct http_request req = { .method = "GET", .path = PATH_DISCOVERY };
