@@ -15,6 +15,7 @@
 #include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -584,6 +585,10 @@ static void accept_one(struct httpd_server *srv)
 	struct timeval tv = {.tv_sec = IO_TIMEOUT_S};
 	(void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
 	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+	/* An answer is written as head, then body: on a kept connection Nagle
+	 * would hold the body until the client's delayed ACK, 40 ms later. */
+	int one = 1;
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 
 	struct conn *c = calloc(1, sizeof *c);
 	if (!c) {
