@@ -60,7 +60,7 @@
  * Easy handles are kept between calls so that a call reuses the previous
  * one's connection to the workspace (curl keeps it in the handle) instead
  * of opening one, with a TLS handshake, per call: with the system's CA
- * bundle a new HTTPS connection costs about 45 ms of CPU on the benchmark
+ * bundle a new HTTPS connection costs about 40 ms of CPU on the benchmark
  * machine, curl parsing the bundle each time, and a reused one under
  * 1 ms (BENCHMARKS.md). Up to WS_KEPT_HANDLES are kept: calls beyond that
  * many at once use a handle of their own, closed after.

@@ -13,7 +13,8 @@
  *   current user             GET {host}/api/2.0/preview/scim/v2/Me -> userName
  *
  * Every call has a connect and a total timeout and is retried on transient
- * failures (retry.h). Thread-safe. Tokens never reach a log line or an
+ * failures (retry.h). Connections to the workspace are kept between calls
+ * (a few per client). Thread-safe. Tokens never reach a log line or an
  * lb_error (details name the endpoint, the HTTP status and the Databricks
  * error_code, never a token).
  */
