@@ -220,7 +220,7 @@ test_refused_renewal_credential_is_replaced() {
 		'.credentials.refresh_margin_ms = 6000 | .user_pool.max = 1 | .log_level = "debug"' || return
 	mark=$(stat -c %s "$STACK_WORKER_LOG")
 	# Each pool logs in with its first credential before the fault is queued.
-	expect_eq "$(alice_todos | cut -d' ' -f1)" 200 "alice's first request" || return
+	expect_eq "$(user_todos alice | cut -d' ' -f1)" 200 "alice's first request" || return
 	expect_eq "$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$LAKEBASE_URL/api/todos?limit=1")" 200 \
 		"the SP's first request" || return
 	emu_fault '{"supersede": true, "path": "/api/2.0/postgres/credentials"}'
@@ -241,16 +241,19 @@ test_refused_renewal_credential_is_replaced() {
 	emulator_with "$STACK_EMU_CONFIG"
 }
 
+# user_todos NAME: NAME@example.com's GET /api/my/todos (token
+# NAME-token-1); prints the status and the time taken.
+user_todos() {
+	curl -s -o /dev/null -w '%{http_code} %{time_total}' --max-time 10 \
+		-H "X-Forwarded-Email: $1@example.com" -H "X-Forwarded-Access-Token: $1-token-1" \
+		"$LAKEBASE_URL/api/my/todos"
+}
+
 # A lazy user's due credential is refreshed off the request path: with the
 # next mint delayed 2 s, the request that finds alice's credential due is
 # answered at once with the current credential, and the new one arrives
 # from the background before the old one expires. Credentials live 16 s
 # and are due 5-6 s before expiry (margin 6 s, jitter up to a quarter).
-alice_todos() {
-	curl -s -o /dev/null -w '%{http_code} %{time_total}' --max-time 10 \
-		-H 'X-Forwarded-Email: alice@example.com' -H 'X-Forwarded-Access-Token: alice-token-1' \
-		"$LAKEBASE_URL/api/my/todos"
-}
 
 test_due_user_credential_refreshed_off_the_request_path() {
 	local alice=alice@example.com
@@ -258,14 +261,14 @@ test_due_user_credential_refreshed_off_the_request_path() {
 	short_lifetime_stack 16 handoff '.credentials.refresh_margin_ms = 6000' || return
 	emu_reset || return
 	t0=$(now_s)
-	out=$(alice_todos)
+	out=$(user_todos alice)
 	expect_eq "${out% *}" 200 "alice's first request"
 	expect_eq "$(emu_mints "$alice")" 1 "one mint for alice's first request"
 	emu_fault '{"count": 1, "delay_ms": 2000, "path": "/api/2.0/postgres/credentials"}' || return
 	# Past the refresh point (t0 + 10..11 s, plus a second of rounding),
 	# well before the expiry (t0 + 16 s): waiting for the clock, not an event.
 	sleep "$(awk -v n="$(now_s)" -v t="$t0" 'BEGIN { d = t + 12.2 - n; printf "%.3f", (d > 0 ? d : 0) }')"
-	out=$(alice_todos)
+	out=$(user_todos alice)
 	printf '       the request that found the credential due: %s s\n' "${out#* }"
 	expect_eq "${out% *}" 200 "the request that finds the credential due"
 	awk -v s="${out#* }" 'BEGIN { exit !(s < 1.0) }'
@@ -275,7 +278,7 @@ test_due_user_credential_refreshed_off_the_request_path() {
 		sleep 0.1
 	done
 	expect_eq "$mints" 2 "the new credential was minted in the background"
-	out=$(alice_todos)
+	out=$(user_todos alice)
 	expect_eq "${out% *}" 200 "alice's next request"
 	expect_eq "$(emu_mints "$alice")" 2 "no further mint"
 	emulator_with "$STACK_EMU_CONFIG"
@@ -307,17 +310,12 @@ test_429_and_a_dropped_connection_are_retried() {
 
 # The worker keeps its connection to the workspace between calls (a new
 # HTTPS connection costs a TLS handshake and, with the system's CA bundle,
-# ~45 ms of CPU): three mints one after another use one connection.
+# ~40 ms of CPU): three mints one after another use one connection.
 test_workspace_calls_share_a_connection() {
-	local u codes=""
 	fresh_worker || return
 	http GET /api/todos
 	expect_status 200 || return
-	for u in alice bob; do
-		codes+=$(curl -s -o /dev/null -w '%{http_code} ' --max-time 10 -H "X-Forwarded-Email: $u@example.com" \
-			-H "X-Forwarded-Access-Token: $u-token-1" "$LAKEBASE_URL/api/my/todos")
-	done
-	expect_eq "$codes" "200 200 " "alice and bob served"
+	expect_eq "$(user_todos alice | cut -d' ' -f1) $(user_todos bob | cut -d' ' -f1)" "200 200" "alice and bob served"
 	expect_eq "$(emu_counter .mints_total)" 3 "the SP's, alice's and bob's credentials minted"
 	expect_eq "$(emu_counter .connections)" 1 "over one connection"
 }
