@@ -218,7 +218,7 @@ test_permission_denied_42501_is_403_without_details() {
 	expect_error 403 forbidden || return
 	[[ $HTTP_BODY != *pg_authid* && $HTTP_BODY != *permission* ]]
 	expect_eq "$?" 0 "the database's message stays out of the body"
-	wait_for "grep -F 'request_id=it-42501 ' '$STACK_WORKER_LOG' | grep -qF 'sqlstate=42501'" 5
+	wait_for "grep -F 'request_id=it-42501 ' '$STACK_WORKER_LOG' | grep -F 'sqlstate=42501'" 5
 	expect_eq "$?" 0 "the log has the SQLSTATE"
 }
 

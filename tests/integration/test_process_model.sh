@@ -52,7 +52,7 @@ test_kill9_worker_under_load() {
 	load_wait_for 40 15
 	kill -KILL "$VICTIM"
 	# shellcheck disable=SC2317 # called through wait_for
-	replaced() { [[ $(sup_count_workers) == 2 ]] && ! sup_workers | grep -qx "$VICTIM"; }
+	replaced() { [[ $(sup_count_workers) == 2 ]] && ! sup_workers | grep -x "$VICTIM" >/dev/null; }
 	wait_for replaced 5
 	expect_eq "$?" 0 "the killed worker $VICTIM was replaced (workers before: $before, now: $(sup_workers | paste -sd ' '))"
 	# Once every client has had time to see its answer, the rest must all succeed.
@@ -537,7 +537,7 @@ if command -v systemd-analyze >/dev/null; then
 	run_test "systemd unit: systemd-analyze verifies it, exposure <= 2.0" test_systemd_unit
 	# Not with a sanitizer build: its runtime makes calls of its own, and
 	# LeakSanitizer cannot run under ptrace.
-	if ldd "$PM_BIN" | grep -q libasan; then
+	if [[ $(ldd "$PM_BIN") == *libasan* ]]; then
 		skip "systemd unit: the sandbox fits every syscall and write" "sanitizer build"
 	elif ! strace -f -qq -o /dev/null true 2>/dev/null; then
 		skip "systemd unit: the sandbox fits every syscall and write" "no working strace"

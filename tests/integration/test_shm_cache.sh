@@ -302,7 +302,7 @@ test_killed_while_holding_the_lock() {
 	mkdir -p "$dir"
 	echo "01 first" | burst "$dir" 1 &
 	local first=$!
-	wait_for "log_since '$SPAWN_LOG' $mark | grep -q 'test hook: holding the credential cache lock'" 15
+	wait_for "log_since '$SPAWN_LOG' $mark | grep 'test hook: holding the credential cache lock'" 15
 	expect_eq "$?" 0 "a process stopped mid-write holding the lock" || return
 	line=$(log_since "$SPAWN_LOG" "$mark" | grep 'test hook: holding' | head -n 1)
 	victim=$(grep -o ' pid=[0-9]*' <<<"$line" | cut -d= -f2)
@@ -534,7 +534,7 @@ test_refresher_killed_is_replaced() {
 	emu_reset
 	http GET /api/todos?limit=1
 	expect_status 200 || return
-	wait_for "cache_status | grep -q 'background refresher: pid [0-9]'" 5
+	wait_for "cache_status | grep 'background refresher: pid [0-9]'" 5
 	refresher=$(cache_status | sed -n 's/^background refresher: pid \([0-9]*\).*/\1/p')
 	[[ -n $refresher ]] || { _assert_result 1 "a refresher" "none"; return 1; }
 	kill -9 "$refresher"
