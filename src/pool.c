@@ -195,9 +195,9 @@ sslmode_verifies(const char *sslmode)
 /*
  * libpq 15 builds a TLS context for every connection and reads its root
  * certificate file again each time (OpenSSL 3 decodes every certificate):
- * with the system bundle, ~140 certificates, that is about 50 ms of CPU
- * per login on a small machine, against ~0.5 ms for the one root the
- * server's chain needs (BENCHMARKS.md).
+ * with the system bundle, ~140 certificates, a login costs about 50 ms of
+ * CPU on a small machine, against about 4 ms in all when the file holds
+ * just the root the server's chain needs (BENCHMARKS.md, profile 2).
  */
 void
 pool_warn_costly_settings(const struct lb_config *cfg)
