@@ -508,6 +508,7 @@ run_single(const struct options *opt, const struct lb_config *cfg, const struct 
 	so.max_requests = 0;   /* recycling is the process manager's job */
 	so.ready_fd = daemon_fd;
 	so.role = managed ? "managed" : "server";
+	so.listener_shared = managed;   /* a manager may start several on one socket */
 	so.notify_systemd = true;
 	return server_run(&so) == SERVER_EXIT_OK ? 0 : 1;
 }

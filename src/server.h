@@ -31,6 +31,7 @@ struct server_options {
 	long max_requests;       /* stop on our own after this many requests; 0: never */
 	int ready_fd;            /* >= 0: our pid is written here once we serve, then it is closed */
 	const char *role;        /* for the logs: "server", "worker", "managed" */
+	bool listener_shared;    /* other processes accept on listen_fd too */
 	bool notify_systemd;     /* tell systemd (Type=notify) when we serve and stop */
 };
 

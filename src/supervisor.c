@@ -170,6 +170,7 @@ worker_main(struct supervisor *sv, const struct lb_config *cfg)
 	so.max_requests = cfg->max_requests;
 	so.ready_fd = sv->ready_pipe[1];
 	so.role = "worker";
+	so.listener_shared = true;
 	return server_run(&so);
 }
 

@@ -41,6 +41,29 @@ test_supervisor_starts_workers() {
 run_test "supervisor: --workers 2 pre-forks two workers sharing the socket, served through nginx" \
 	test_supervisor_starts_workers
 
+# One thread per worker, so every race for a connection is between the
+# processes: a connection must wake one worker, not both (the other then
+# finding nothing to accept), and connections must go round the workers.
+test_connection_wakes_one_worker() {
+	local cfg=$STACK_DIR/it-pm-accept.json mark i pid served lost
+	pm_config "$cfg" '.log_level = "debug" | .access_log = true'
+	sup_start "$cfg" --workers 2 --threads 1 || return 1
+	mark=$(log_mark "$STACK_WORKER_LOG")
+	for ((i = 0; i < 20; i++)); do
+		http GET '/api/todos?limit=1'
+		expect_status 200 || return 1
+	done
+	wait_for "(( \$(log_lines_since $mark 'msg=request ' | grep -c .) >= 20 ))" 5
+	lost=$(log_lines_since "$mark" 'msg="nothing to accept' | grep -c .)
+	expect_eq "$lost" 0 "no worker was woken for a connection another one took"
+	for pid in $(sup_workers); do
+		served=$(log_lines_since "$mark" "pid=$pid msg=request " | grep -c .)
+		expect_ge "$served" 5 "worker $pid served its share of 20 sequential requests"
+	done
+}
+run_test "supervisor: a connection wakes one worker, and connections go round the workers" \
+	test_connection_wakes_one_worker
+
 VICTIM=
 test_kill9_worker_under_load() {
 	local mark before n
