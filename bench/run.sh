@@ -357,16 +357,24 @@ scenario_ceiling_db() {
 	rm -f "$BENCH_STATE"/pgb.*
 }
 
-# The parts of a first request, measured directly: a mint at the emulator
-# and a TLS login with the credential (100 users of their own).
-# Measured just before and just after cold-1000 (before|after), as the
-# floor is beside the product: the host's load at the end of a run is not
-# what it was at the start.
+# The parts of a first request, measured directly: a mint at the emulator,
+# a TLS login with the credential and the user route's statement on the
+# new session, in one round trip (100 users of their own). Measured just
+# before and just after cold-1000 (before|after), as the floor is beside
+# the product: the host's load at the end of a run is not what it was at
+# the start.
 scenario_mint_login() {
 	want cold-1000 || return 0
-	bench_log "mint + login reference (100 users, $1 cold-1000)"
+	bench_log "mint + login + first statement reference (100 users, $1 cold-1000)"
 	"$BIN/seqload" mintlogin --emu "$STACK_EMU_URL" --endpoint "$STACK_ENDPOINT" \
-		--conninfo "$(floor_conninfo)" --kind m --count 100 >"$BENCH_STATE/mintlogin-$1.out"
+		--conninfo "$(floor_conninfo)" --kind m --count 100 --sql "$(user_route_sql)" \
+		>"$BENCH_STATE/mintlogin-$1.out"
+}
+
+# The statement USER_PATH runs, its :limit bound as in USER_PATH.
+user_route_sql() {
+	jq -r '.routes[] | select(.path == "/api/my/todos" and .method == "GET") | .sql' \
+		"$BENCH_STATE/worker.json" | sed 's/:limit/3/'
 }
 
 # The floor is measured again beside the product's scenarios: each
@@ -662,10 +670,14 @@ print_notes() {
 		# The mean of the measurements before and after cold-1000.
 		awk -F= '{ v[$1] += $2; n[$1]++ } END {
 			for (k in v) v[k] /= n[k]
-			printf "first-request parts (100 users, sequential, mean of %d runs beside cold-1000): mint p50 %.2f ms p99 %.2f ms; TLS login p50 %.2f ms p99 %.2f ms\n",
-				n["mint_p50_us"], v["mint_p50_us"] / 1000, v["mint_p99_us"] / 1000, v["login_p50_us"] / 1000, v["login_p99_us"] / 1000
+			printf "first-request parts (100 users, sequential, mean of %d runs beside cold-1000): mint p50 %.2f ms p99 %.2f ms; TLS login p50 %.2f ms p99 %.2f ms; first statement on the new session p50 %.2f ms p99 %.2f ms\n",
+				n["mint_p50_us"], v["mint_p50_us"] / 1000, v["mint_p99_us"] / 1000, v["login_p50_us"] / 1000, v["login_p99_us"] / 1000,
+				v["stmt_p50_us"] / 1000, v["stmt_p99_us"] / 1000
 			printf "cold-1000 p99 target (mint + login + 2 ms): %.2f ms with medians, %.2f ms with p99s\n",
 				(v["mint_p50_us"] + v["login_p50_us"]) / 1000 + 2, (v["mint_p99_us"] + v["login_p99_us"]) / 1000 + 2
+			printf "cold-1000 parts with the first statement (mint + login + statement): %.2f ms with medians, %.2f ms with p99s\n",
+				(v["mint_p50_us"] + v["login_p50_us"] + v["stmt_p50_us"]) / 1000,
+				(v["mint_p99_us"] + v["login_p99_us"] + v["stmt_p99_us"]) / 1000
 		}' "${parts[@]}"
 	fi
 	if [[ -s $BENCH_STATE/refresh-closes.out ]]; then

@@ -10,10 +10,12 @@
  *       cold-1000 uses it for the first request of each of 1000 new
  *       users; run.sh also to prime 1000 users before a measured run,
  *       and for a fixed request count under callgrind.
- *   seqload mintlogin --emu URL --endpoint EP --conninfo STR --kind K --count N
+ *   seqload mintlogin --emu URL --endpoint EP --conninfo STR --kind K --count N [--sql SQL]
  *       For N users: mint a credential at the emulator with the user's
- *       token, then log in with it (TLS + password): the parts a first request
- *       consists of, timed separately.
+ *       token, then log in with it (TLS + password), then (with --sql) run
+ *       SQL once on the new session: the parts a first request consists
+ *       of, timed separately. SQL runs as one PQexecParams, a single round
+ *       trip, the least a first statement can cost.
  *
  * Prints key=value lines (microseconds) for bench/run.sh.
  */
@@ -29,7 +31,7 @@
 #include <yajl/yajl_tree.h>
 
 struct args {
-	const char *mode, *url, *kind, *emu, *endpoint, *conninfo, *post;
+	const char *mode, *url, *kind, *emu, *endpoint, *conninfo, *post, *sql;
 	int first, count, requests, parallel;
 };
 
@@ -232,17 +234,31 @@ mint(CURL *curl, const struct args *a, const char *token, char **cred)
 	return rc;
 }
 
+/* The statement's time on the new session, or -1 if it failed. */
+static long
+first_statement(PGconn *pg, const char *sql)
+{
+	long t0 = now_us();
+	PGresult *res = PQexecParams(pg, sql, 0, NULL, NULL, NULL, NULL, 0);
+	long us = now_us() - t0;
+	int ok = PQresultStatus(res) == PGRES_TUPLES_OK || PQresultStatus(res) == PGRES_COMMAND_OK;
+
+	PQclear(res);
+	return ok ? us : -1;
+}
+
 static int
 run_mintlogin(const struct args *a)
 {
 	long *mint_us = calloc((size_t)a->count, sizeof(long));
 	long *login_us = calloc((size_t)a->count, sizeof(long));
+	long *stmt_us = calloc((size_t)a->count, sizeof(long));
 	char email[96], token[96];
 	CURL *curl = curl_easy_init();
 	int n = 0, errors = 0;
 	long t0;
 
-	if (mint_us == NULL || login_us == NULL || curl == NULL)
+	if (mint_us == NULL || login_us == NULL || stmt_us == NULL || curl == NULL)
 		return 1;
 	for (int i = 0; i < a->count; i++) {
 		const char *keys[] = { "dbname", "user", "password", "application_name", "gssencmode",
@@ -263,7 +279,8 @@ run_mintlogin(const struct args *a)
 		t0 = now_us();
 		pg = PQconnectdbParams(keys, values, 1);
 		login_us[n] = now_us() - t0;
-		if (PQstatus(pg) != CONNECTION_OK)
+		if (PQstatus(pg) != CONNECTION_OK ||
+		    (a->sql != NULL && (stmt_us[n] = first_statement(pg, a->sql)) < 0))
 			errors++;
 		else
 			n++;
@@ -273,9 +290,12 @@ run_mintlogin(const struct args *a)
 	printf("errors=%d\n", errors);
 	print_stats("mint_", mint_us, n);
 	print_stats("login_", login_us, n);
+	if (a->sql != NULL)
+		print_stats("stmt_", stmt_us, n);
 	curl_easy_cleanup(curl);
 	free(mint_us);
 	free(login_us);
+	free(stmt_us);
 	return 0;
 }
 
@@ -300,6 +320,7 @@ parse_args(int argc, char **argv, struct args *a)
 		else if (strcmp(k, "--requests") == 0) a->requests = atoi(v);
 		else if (strcmp(k, "--parallel") == 0) a->parallel = atoi(v);
 		else if (strcmp(k, "--post") == 0) a->post = v;
+		else if (strcmp(k, "--sql") == 0) a->sql = v;
 		else return -1;
 	}
 	if (a->kind == NULL || strlen(a->kind) > 8 || a->count < 1 || a->count > 100000 || a->requests < 0 ||
@@ -320,7 +341,7 @@ main(int argc, char **argv)
 
 	if (parse_args(argc, argv, &a) != 0) {
 		fprintf(stderr, "usage: seqload http --url URL --kind K [--first F] --count N [--requests R] [--parallel P] [--post BODY]\n"
-				"       seqload mintlogin --emu URL --endpoint EP --conninfo STR --kind K --count N\n");
+				"       seqload mintlogin --emu URL --endpoint EP --conninfo STR --kind K --count N [--sql SQL]\n");
 		return 2;
 	}
 	curl_global_init(CURL_GLOBAL_DEFAULT);
