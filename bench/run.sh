@@ -278,12 +278,13 @@ worker_pid() {
 	read_pid "$STACK_WORKER_PID"
 }
 
-# product_scenario NAME VS CONFIG PORT WARMUP_S [BENCH_*=...]
+# product_scenario NAME VS CONFIG PORT WARMUP_S [BENCH_*=...]; the worker's
+# threads are PRODUCT_THREADS if set (per process, under the supervisor).
 product_scenario() {
 	local name=$1 vs=$2 config=$3 port=$4 warm=$5
 	shift 5
 	want "$name" || return 0
-	product_start "$config"
+	product_start "$config" "${PRODUCT_THREADS:-$THREADS}"
 	measure "$name" "$vs" "$(worker_pid)" "$BENCH_APP" "$port" "$warm" "$@"
 }
 
@@ -738,6 +739,7 @@ main() {
 	bench_worker_config "$BENCH_STATE/worker.json"
 	bench_worker_config "$BENCH_STATE/worker-b1100.json" '.max_connections = 1100'
 	bench_worker_config "$BENCH_STATE/worker-userpool.json" ".user_pool.max = $THREADS"
+	bench_worker_config "$BENCH_STATE/worker-w2.json" '.workers = 2'
 	product_start "$BENCH_STATE/worker.json"
 
 	bench_nginx_start ref "$REF_PORT" "$(ref_sock)" off
@@ -763,6 +765,18 @@ main() {
 	product_scenario "user-1-max$THREADS" floor "$BENCH_STATE/worker-userpool.json" "$P" 1 BENCH_USERS=1 "$U"
 	measure_floor floor
 	product_scenario user-10 floor "$W" "$P" 1 BENCH_USERS=10 "$U"
+	measure_floor floor
+	# As README's `--workers auto` deploys it on this 2-core host: a
+	# supervisor and 2 worker processes sharing the socket and the
+	# credential cache, each with its own pools, with half the threads each
+	# (the same 16 in all as the other rows). One user has up to 3
+	# connections in each worker.
+	PRODUCT_THREADS=$((THREADS / 2)) product_scenario sp-w2 floor "$BENCH_STATE/worker-w2.json" "$P" 1 \
+		BENCH_USERS=0 BENCH_PATH="$SP_PATH"
+	PRODUCT_THREADS=$((THREADS / 2)) product_scenario user-1-w2 floor "$BENCH_STATE/worker-w2.json" "$P" 1 \
+		BENCH_USERS=1 "$U"
+	PRODUCT_THREADS=$((THREADS / 2)) product_scenario user-10-w2 floor "$BENCH_STATE/worker-w2.json" "$P" 1 \
+		BENCH_USERS=10 "$U"
 	measure_floor floor
 	scenario_refresh
 	measure_floor floor-post
