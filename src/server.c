@@ -7,8 +7,8 @@
  * takes the connection, or finds that another thread or process was
  * quicker (EAGAIN). Under a supervisor a new connection wakes one
  * process's waiting thread, not every worker's (watch_listener). Waiting
- * is what makes a graceful stop possible at all: a thread
- * blocked in accept() can only be woken by shutting the socket down, which
+ * is what makes a graceful stop possible at all: a thread blocked in
+ * accept() can only be woken by shutting the socket down, which
  * would also stop the other processes sharing it (a reload's new workers),
  * or by a signal, which libfcgi answers by failing whatever read or write
  * it interrupts, in-flight requests included.
@@ -160,28 +160,34 @@ reopen_log(const struct lb_config *cfg)
  * The listening socket in the epoll set the accept threads wait on:
  * exclusive where the kernel knows EPOLLEXCLUSIVE (Linux 4.5), so that
  * processes sharing the socket are not all woken for each connection, all
- * but one then finding nothing to accept (measured with two workers and one
- * user: 5.5 context switches per request against 2.6-3.0). The kernel wakes
- * the first exclusive waiter in the socket's queue, which would always be
- * the same process while it has a thread waiting; each process sharing
- * the socket therefore puts itself back at the end of the queue (delete,
- * add) when it is woken, so connections go round the processes, as each
- * has its own pools.
+ * but one then finding nothing to accept (two workers, one user: 5.5
+ * context switches per request, 3.2-4.0 without). The kernel wakes the
+ * first exclusive waiter in the socket's queue, which would always be the
+ * same process while it has a thread waiting; so a process sharing the
+ * socket puts itself back at the end of the queue when it is woken
+ * (requeue_listener), and connections go round the processes, each of
+ * which has its own pools.
  */
 static int
-watch_listener(struct server *srv, int op)
+watch_listener(struct server *srv)
 {
 	struct epoll_event ev = { .events = EPOLLIN | EPOLLEXCLUSIVE, .data.fd = srv->opt->listen_fd };
 
-	if (op == EPOLL_CTL_DEL)
-		return epoll_ctl(srv->epoll_fd, EPOLL_CTL_DEL, srv->opt->listen_fd, NULL);
-	if (epoll_ctl(srv->epoll_fd, EPOLL_CTL_ADD, srv->opt->listen_fd, &ev) == 0) {
-		srv->listen_exclusive = true;
+	srv->listen_exclusive = epoll_ctl(srv->epoll_fd, EPOLL_CTL_ADD, srv->opt->listen_fd, &ev) == 0;
+	if (srv->listen_exclusive)
 		return 0;
-	}
+	if (errno != EINVAL)
+		return -1;
 	ev.events = EPOLLIN;
-	srv->listen_exclusive = false;
-	return errno == EINVAL ? epoll_ctl(srv->epoll_fd, EPOLL_CTL_ADD, srv->opt->listen_fd, &ev) : -1;
+	return epoll_ctl(srv->epoll_fd, EPOLL_CTL_ADD, srv->opt->listen_fd, &ev);
+}
+
+static int
+requeue_listener(struct server *srv)
+{
+	if (epoll_ctl(srv->epoll_fd, EPOLL_CTL_DEL, srv->opt->listen_fd, NULL) != 0)
+		return -1;
+	return watch_listener(srv);
 }
 
 /* The epoll set of the listening socket and the wake-up pipe. */
@@ -193,7 +199,7 @@ accept_epoll_create(struct server *srv)
 	srv->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
 	if (srv->epoll_fd < 0)
 		return -1;
-	if (watch_listener(srv, EPOLL_CTL_ADD) != 0 ||
+	if (watch_listener(srv) != 0 ||
 	    epoll_ctl(srv->epoll_fd, EPOLL_CTL_ADD, srv->wake[0], &ev) != 0)
 		return -1;   /* server_free closes epoll_fd */
 	return 0;
@@ -237,8 +243,7 @@ wait_for_connection(struct server *srv)
 			listener_failed(srv, n < 0 ? strerror(errno) : "error or hang-up on the socket");
 			break;
 		}
-		if (srv->listen_exclusive && srv->opt->listener_shared &&
-		    (watch_listener(srv, EPOLL_CTL_DEL) != 0 || watch_listener(srv, EPOLL_CTL_ADD) != 0)) {
+		if (srv->listen_exclusive && srv->opt->listener_shared && requeue_listener(srv) != 0) {
 			listener_failed(srv, strerror(errno));
 			break;
 		}
