@@ -10,6 +10,7 @@
  */
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <poll.h>
 #include <pthread.h>
@@ -18,7 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "clock.h"
 #include "log.h"
@@ -521,10 +524,64 @@ conn_detach(struct pool *pool, struct pool_conn *conn, const char *reason)
 	metrics_conn_closed(reason);
 }
 
+/*
+ * A closed session still counts in PostgreSQL (pg_stat_activity, its
+ * max_connections) until its backend has exited, a moment after PQfinish;
+ * the budget unit it held may go to another login only then, or
+ * PostgreSQL would see one connection more than the budget meanwhile. A
+ * backend keeps its socket open until it exits so that a client can wait
+ * for that ("synchronous close", PostgreSQL's socket_close): we keep a
+ * duplicate of the socket across PQfinish and read it to its end, for at
+ * most SESSION_EXIT_WAIT_MS.
+ */
+#define SESSION_EXIT_WAIT_MS 500
+#define SESSION_CLOSE_BATCH 64   /* sessions closed before waiting for them together */
+
+/* PQfinish; returns a duplicate of the session's socket to wait on, or -1. */
+static int
+session_finish(PGconn *pg)
+{
+	int fd = pg != NULL ? PQsocket(pg) : -1;
+	int kept = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+
+	PQfinish(pg);
+	return kept;
+}
+
+/* Waits until the server has closed its end of `kept` or deadline_ms has
+ * passed, then closes it. What arrives meanwhile is the server's TLS
+ * close_notify. */
+static void
+session_await_exit(int kept, int64_t deadline_ms)
+{
+	struct pollfd pfd = { .fd = kept, .events = POLLIN };
+	char discard[512];
+	ssize_t n;
+	int left;
+
+	if (kept < 0)
+		return;
+	while ((left = (int)(deadline_ms - clock_monotonic_ms())) > 0) {
+		if (poll(&pfd, 1, left) < 0 && errno != EINTR)
+			break;
+		n = recv(kept, discard, sizeof(discard), MSG_DONTWAIT);
+		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+			break;
+	}
+	close(kept);
+}
+
+/* Closes a session and waits for its backend to exit. */
+static void
+session_close(PGconn *pg)
+{
+	session_await_exit(session_finish(pg), clock_monotonic_ms() + SESSION_EXIT_WAIT_MS);
+}
+
 static void
 conn_finish(struct pool_conn *conn)
 {
-	PQfinish(conn->pg);
+	session_close(conn->pg);
 	conn_free(conn);
 }
 
@@ -631,8 +688,8 @@ heat_at_locked(const struct pool *pool, int64_t now_ms)
  * of the coldest pool other than `requester` (HEAT_HALF_LIFE_MS) out of its
  * pool and hands it, with its unit (here and on the host), to the caller in
  * *evicted. The caller closes it (conn_finish) once the lock is dropped and
- * before its own login: PQfinish takes 0.3-1.5 ms here (the server's end
- * wakes and exits), too long to hold the lock every pool's login needs. The
+ * before its own login: closing waits for the server's end to exit, 0.3-1.5
+ * ms here, too long to hold the lock every pool's login needs. The
  * pool it came from is touched only under the lock, so it cannot be
  * destroyed meanwhile. Returns true if one was taken (*evicted set), or
  * went busy meanwhile (look again).
@@ -832,17 +889,27 @@ close_busy(struct pool *pool, struct pool_conn *conn, const char *reason)
 	busy_slot_freed(pool);
 }
 
-/* Closes a list of detached connections, each with its reason. */
+/* Closes a list of detached connections, each with its reason; their
+ * backends exit together, so they are waited for in batches. */
 static int
 close_detached(struct pool *pool, struct pool_conn *list)
 {
 	struct pool_conn *next;
-	int n = 0;
+	int kept[SESSION_CLOSE_BATCH], nkept = 0, n = 0;
+	int64_t deadline_ms;
 
 	for (; list != NULL; list = next) {
 		next = list->next;
-		close_conn(pool, list, list->close_reason);
+		conn_detach(pool, list, list->close_reason);
+		kept[nkept++] = session_finish(list->pg);
+		conn_free(list);
 		n++;
+		if (nkept == SESSION_CLOSE_BATCH || next == NULL) {
+			deadline_ms = clock_monotonic_ms() + SESSION_EXIT_WAIT_MS;
+			for (int i = 0; i < nkept; i++)
+				session_await_exit(kept[i], deadline_ms);
+			nkept = 0;
+		}
 	}
 	return slots_freed(pool, n);
 }
@@ -1563,7 +1630,7 @@ renew_in_place(struct pool *pool, const struct pool_source *source, const struct
 	pthread_mutex_unlock(&pool->lock);
 	if (conn == NULL)
 		return false;
-	PQfinish(conn->pg);
+	session_close(conn->pg);   /* its unit is logged in again at once */
 	conn_forget_asked(pool, conn);
 	metrics_conn_closed("renewed");
 	lb_error_clear(&err);

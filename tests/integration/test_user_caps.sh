@@ -185,9 +185,43 @@ test_evicts_coldest() {
 }
 run_test "eviction: the budget closes the connection of the user with the fewest recent requests" test_evicts_coldest
 
+# A session with many temporary tables takes a while to exit (PostgreSQL
+# drops them first). The budget unit of an evicted connection must not go
+# to the next login before its backend is gone, or PostgreSQL sees one
+# connection more than max_connections meanwhile.
+SLOW_EXIT_ROUTE='{ "method": "GET", "path": "/api/it-temp-tables", "auth": "on-behalf-of-user",
+  "sql": "SELECT app.it_make_temp_tables(:n) AS n",
+  "params": { "n": { "in": "query", "type": "int", "required": true, "min": 1, "max": 2000 } },
+  "result": "one", "statement_timeout_ms": 30000 }'
+
+test_eviction_waits_for_backend_exit() {
+	local cfg=$IT_TMP/worker-slow-exit.json pg_mark
+	pg_admin_sql "CREATE OR REPLACE FUNCTION app.it_make_temp_tables(n int) RETURNS int
+		LANGUAGE plpgsql AS \$\$ BEGIN
+			FOR i IN 1..n LOOP EXECUTE format('CREATE TEMP TABLE it_temp_%s (x int)', i); END LOOP;
+			RETURN n; END \$\$" >/dev/null || return
+	worker_config_with ".max_connections = 2 | .pool = ((.pool // {}) + {max: 1})
+		| .user_pool = ((.user_pool // {}) + {max: 1}) | .routes += [$SLOW_EXIT_ROUTE]" "$cfg" || return
+	users_worker_restart "$cfg" || return
+	pg_mark=$(log_mark "$USERS_PG_LOG")
+	# user01's session gets 1000 temporary tables, then user02 is the busier one.
+	as_user GET '/api/it-temp-tables?n=1000' "$(user_email 01)" "$(user_token 01)"
+	expect_status 200 || return
+	for i in 1 2 3; do as_bulk_user 02 || return; done
+	# user03 needs a connection: user01's goes, and its backend takes a while.
+	as_bulk_user 03 || return
+	wait_for "[[ -z \$(pg_worker_pids '$(user_email 01)') ]]" 10
+	expect_eq "$(pg_worker_pids "$(user_email 01)")" "" "user01's connection was closed for user03"
+	expect_le "$(pg_log_max_sessions "$pg_mark")" 2 \
+		"the PostgreSQL log never had more than 2 worker sessions open at once (user03 logged in after user01's backend exited)"
+}
+run_test "eviction: the next login waits until the evicted connection's backend has exited" \
+	test_eviction_waits_for_backend_exit
+
 # --- back to normal --------------------------------------------------------------------------
 
 test_restore() {
+	pg_admin_sql "DROP FUNCTION IF EXISTS app.it_make_temp_tables(int)" >/dev/null
 	users_restore || return
 	drop_users
 	expect_eq "$(count_user_roles)" 0 "test roles dropped"
