@@ -195,7 +195,7 @@ SLOW_EXIT_ROUTE='{ "method": "GET", "path": "/api/it-temp-tables", "auth": "on-b
   "result": "one", "statement_timeout_ms": 30000 }'
 
 test_eviction_waits_for_backend_exit() {
-	local cfg=$IT_TMP/worker-slow-exit.json pg_mark
+	local cfg=$IT_TMP/worker-slow-exit.json pg_mark i
 	pg_admin_sql "CREATE OR REPLACE FUNCTION app.it_make_temp_tables(n int) RETURNS int
 		LANGUAGE plpgsql AS \$\$ BEGIN
 			FOR i IN 1..n LOOP EXECUTE format('CREATE TEMP TABLE it_temp_%s (x int)', i); END LOOP;
@@ -204,8 +204,8 @@ test_eviction_waits_for_backend_exit() {
 		| .user_pool = ((.user_pool // {}) + {max: 1}) | .routes += [$SLOW_EXIT_ROUTE]" "$cfg" || return
 	users_worker_restart "$cfg" || return
 	pg_mark=$(log_mark "$USERS_PG_LOG")
-	# user01's session gets 1000 temporary tables, then user02 is the busier one.
-	as_user GET '/api/it-temp-tables?n=1000' "$(user_email 01)" "$(user_token 01)"
+	# user01's session gets 300 temporary tables, then user02 is the busier one.
+	as_user GET '/api/it-temp-tables?n=300' "$(user_email 01)" "$(user_token 01)"
 	expect_status 200 || return
 	for i in 1 2 3; do as_bulk_user 02 || return; done
 	# user03 needs a connection: user01's goes, and its backend takes a while.
