@@ -64,6 +64,23 @@
  * the idle timeout (30 s), after which an unused connection closes anyway.
  */
 #define HEAT_HALF_LIFE_MS 30000.0
+/*
+ * Keeping a unit free (conn_budget_keep_unit_free). A first request that
+ * finds the budget spent closes another pool's idle connection before its
+ * login and waits for that backend to exit. Where a budget serves many
+ * occasional users, a thread of its own closes one ahead instead, once
+ * the last unit is taken, so the next first request finds a unit free.
+ * It only closes a connection of a pool whose heat is below
+ * KEEPER_MAX_HEAT, one that served a single request lately: a set of
+ * regular users that just fits the budget is never thinned (each would
+ * log in again), and a pool it closed is exempt until its heat decays
+ * again (about a half-life, when idle_timeout_ms would close it anyway).
+ * Below KEEPER_MIN_BUDGET units a free unit is too large a share of the
+ * warm connections: small budgets close on the request path only.
+ */
+#define KEEPER_MAX_HEAT 1.0
+#define KEEPER_MIN_BUDGET 16
+#define KEEPER_POLL_MS 1000   /* spent, nothing cold enough: look again (heat decays unseen) */
 
 struct pool_conn {
 	PGconn *pg;
@@ -128,9 +145,11 @@ struct pool {
 struct conn_budget {
 	pthread_mutex_t lock;
 	pthread_cond_t changed;   /* a unit was given back or a connection went idle */
+	pthread_cond_t spent;     /* for the keeper: the last unit was taken, or stop */
 	int max;
 	int used;
 	int waiting;
+	bool keeper_stop;
 	struct pool *pools;       /* every pool sharing the budget */
 	struct conn_budget_host host; /* host.take NULL: no host-wide cap */
 };
@@ -608,6 +627,7 @@ conn_budget_create(int max)
 	pthread_condattr_init(&attr);
 	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
 	pthread_cond_init(&b->changed, &attr);
+	pthread_cond_init(&b->spent, &attr);
 	pthread_condattr_destroy(&attr);
 	return b;
 }
@@ -618,6 +638,7 @@ conn_budget_destroy(struct conn_budget *b)
 	if (b == NULL)
 		return;
 	assert(b->pools == NULL && b->used == 0);
+	pthread_cond_destroy(&b->spent);
 	pthread_cond_destroy(&b->changed);
 	pthread_mutex_destroy(&b->lock);
 	free(b);
@@ -650,6 +671,15 @@ conn_budget_used(struct conn_budget *b)
 	return used;
 }
 
+static void
+budget_give_locked(struct conn_budget *b, int n)
+{
+	b->used -= n;
+	host_give(b, n);
+	if (b->waiting > 0)
+		pthread_cond_broadcast(&b->changed);
+}
+
 /* n connections are gone. Never called with a pool lock held. */
 static void
 budget_give(struct conn_budget *b, int n)
@@ -657,10 +687,7 @@ budget_give(struct conn_budget *b, int n)
 	if (b == NULL || n <= 0)
 		return;
 	pthread_mutex_lock(&b->lock);
-	b->used -= n;
-	host_give(b, n);
-	if (b->waiting > 0)
-		pthread_cond_broadcast(&b->changed);
+	budget_give_locked(b, n);
 	pthread_mutex_unlock(&b->lock);
 }
 
@@ -685,17 +712,19 @@ heat_at_locked(const struct pool *pool, int64_t now_ms)
 
 /*
  * With the budget lock held: takes the least recently used idle connection
- * of the coldest pool other than `requester` (HEAT_HALF_LIFE_MS) out of its
- * pool and hands it, with its unit (here and on the host), to the caller in
- * *evicted. The caller closes it (conn_finish) once the lock is dropped and
- * before its own login: closing waits for the server's end to exit, 0.3-1.5
- * ms here, too long to hold the lock every pool's login needs. The
+ * of the coldest pool other than `requester` (HEAT_HALF_LIFE_MS), if that
+ * pool's heat is below max_heat, out of its pool and hands it, with its
+ * unit (here and on the host), to the caller in *evicted. The caller
+ * closes it (conn_finish) once the lock is dropped and before the unit is
+ * used again: closing waits for the server's end to exit, 0.3-1.5 ms
+ * here, too long to hold the lock every pool's login needs. The
  * pool it came from is touched only under the lock, so it cannot be
  * destroyed meanwhile. Returns true if one was taken (*evicted set), or
  * went busy meanwhile (look again).
  */
 static bool
-budget_evict_locked(struct conn_budget *b, const struct pool *requester, struct pool_conn **evicted)
+budget_evict_locked(struct conn_budget *b, const struct pool *requester, double max_heat,
+		    struct pool_conn **evicted)
 {
 	struct pool *victim = NULL, *p;
 	struct pool_conn *conn = NULL;
@@ -707,8 +736,7 @@ budget_evict_locked(struct conn_budget *b, const struct pool *requester, struct 
 			continue;
 		pthread_mutex_lock(&p->lock);
 		/* idle[0] is the pool's least recently used connection. */
-		if (p->nidle > 0) {
-			heat = heat_at_locked(p, now_ms);
+		if (p->nidle > 0 && (heat = heat_at_locked(p, now_ms)) < max_heat) {
 			if (victim == NULL || heat < coldest ||
 			    (heat == coldest && p->idle[0]->last_used_ms < oldest)) {
 				coldest = heat;
@@ -737,6 +765,14 @@ budget_evict_locked(struct conn_budget *b, const struct pool *requester, struct 
 }
 
 enum budget_take { BUDGET_TAKEN, BUDGET_RECHECK, BUDGET_TIMEOUT, BUDGET_HOST_TIMEOUT };
+
+/* With the budget lock held, after a unit was taken: the last one? */
+static void
+keeper_wake_if_spent(struct conn_budget *b)
+{
+	if (b->used >= b->max)
+		pthread_cond_signal(&b->spent);
+}
 
 static bool
 timespec_before(const struct timespec *a, const struct timespec *b)
@@ -791,7 +827,7 @@ budget_take(struct conn_budget *b, struct pool *pool, const struct timespec *dea
 			}
 			host_full = true;
 		}
-		if (budget_evict_locked(b, pool, &evicted)) {
+		if (budget_evict_locked(b, pool, INFINITY, &evicted)) {
 			if (evicted == NULL)
 				continue;
 			result = BUDGET_TAKEN;	/* the evicted connection's unit */
@@ -810,10 +846,48 @@ budget_take(struct conn_budget *b, struct pool *pool, const struct timespec *dea
 		}
 		timed_out = budget_wait(b, deadline, host_full);
 	}
+	if (result == BUDGET_TAKEN)
+		keeper_wake_if_spent(b);
 	pthread_mutex_unlock(&b->lock);
 	if (evicted != NULL)
 		conn_finish(evicted);
 	return result;
+}
+
+void
+conn_budget_keep_unit_free(struct conn_budget *b)
+{
+	struct pool_conn *evicted;
+	struct timespec poll;
+
+	if (b->max < KEEPER_MIN_BUDGET)
+		return;
+	pthread_mutex_lock(&b->lock);
+	while (!b->keeper_stop) {
+		evicted = NULL;
+		if (b->used < b->max) {
+			pthread_cond_wait(&b->spent, &b->lock);
+		} else if (!budget_evict_locked(b, NULL, KEEPER_MAX_HEAT, &evicted)) {
+			clock_deadline_ms(&poll, CLOCK_MONOTONIC, KEEPER_POLL_MS);
+			pthread_cond_timedwait(&b->spent, &b->lock, &poll);
+		} else if (evicted != NULL) {
+			/* Closed and its backend gone before the unit is free. */
+			pthread_mutex_unlock(&b->lock);
+			conn_finish(evicted);
+			pthread_mutex_lock(&b->lock);
+			budget_give_locked(b, 1);
+		}
+	}
+	pthread_mutex_unlock(&b->lock);
+}
+
+void
+conn_budget_stop_keeper(struct conn_budget *b)
+{
+	pthread_mutex_lock(&b->lock);
+	b->keeper_stop = true;
+	pthread_cond_signal(&b->spent);
+	pthread_mutex_unlock(&b->lock);
 }
 
 /*
@@ -830,8 +904,10 @@ budget_try_take(struct conn_budget *b)
 		return true;
 	pthread_mutex_lock(&b->lock);
 	taken = b->used < b->max && (b->host.take == NULL || b->host.take(b->host.ctx) == 0);
-	if (taken)
+	if (taken) {
 		b->used++;
+		keeper_wake_if_spent(b);
+	}
 	pthread_mutex_unlock(&b->lock);
 	return taken;
 }

@@ -55,6 +55,17 @@ struct conn_budget *conn_budget_create(int max);
 void conn_budget_destroy(struct conn_budget *budget);
 /* Physical connections currently counted (opening, open or closing). */
 int conn_budget_used(struct conn_budget *budget);
+/*
+ * Run by a thread of its own: keeps one unit free for the next new
+ * connection, so that a first request needs not close another pool's
+ * connection on its path. Once the last unit is taken, it closes the
+ * idle connection of the coldest pool that served a single request lately
+ * (never a regular one), and waits for its backend to exit. Returns at
+ * once for budgets under 16 (where one unit is too large a share), else
+ * when conn_budget_stop_keeper is called. Not for the host-wide cap.
+ */
+void conn_budget_keep_unit_free(struct conn_budget *budget);
+void conn_budget_stop_keeper(struct conn_budget *budget);
 
 /*
  * A host-wide cap on top of the budget's own (max_host_connections: all

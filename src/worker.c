@@ -51,6 +51,8 @@ struct worker {
 
 	pthread_t maintenance;
 	bool maintenance_started;
+	pthread_t budget_keeper;      /* conn_budget_keep_unit_free */
+	bool budget_keeper_started;
 	bool metrics_attached;
 	pthread_mutex_t lock;
 	pthread_cond_t wake;
@@ -161,6 +163,22 @@ start_maintenance(struct worker *w, struct lb_error *err)
 	return 0;
 }
 
+static void *
+budget_keeper_main(void *arg)
+{
+	conn_budget_keep_unit_free(arg);
+	return NULL;
+}
+
+static int
+start_budget_keeper(struct worker *w, struct lb_error *err)
+{
+	if (pthread_create(&w->budget_keeper, NULL, budget_keeper_main, w->budget) != 0)
+		return lb_error_set(err, LB_ERR_INTERNAL, "Internal error.", "cannot start the budget's thread");
+	w->budget_keeper_started = true;
+	return 0;
+}
+
 /* The identity headers, as user routes' answers vary on them. */
 static char *
 vary_value(const struct lb_config *cfg)
@@ -220,7 +238,7 @@ worker_create(const struct lb_config *cfg, struct lb_error *err)
 		lb_error_set(err, LB_ERR_INTERNAL, "Out of memory.", "connection pools");
 		goto fail;
 	}
-	if (start_maintenance(w, err) != 0)
+	if (start_maintenance(w, err) != 0 || start_budget_keeper(w, err) != 0)
 		goto fail;
 	return w;
 fail:
@@ -241,6 +259,10 @@ worker_destroy(struct worker *w)
 		pthread_join(w->maintenance, NULL);
 		pthread_cond_destroy(&w->wake);
 		pthread_mutex_destroy(&w->lock);
+	}
+	if (w->budget_keeper_started) {
+		conn_budget_stop_keeper(w->budget);
+		pthread_join(w->budget_keeper, NULL);
 	}
 	userpools_destroy(w->users);
 	if (w->sp_pool != NULL)

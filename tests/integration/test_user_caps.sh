@@ -218,6 +218,57 @@ test_eviction_waits_for_backend_exit() {
 run_test "eviction: the next login waits until the evicted connection's backend has exited" \
 	test_eviction_waits_for_backend_exit
 
+# A budget of 16 or more keeps one unit free: once a login takes the last
+# one, a connection of a user who came by once is closed off the request
+# path, so the next new user logs in without closing one first. A user
+# with several requests keeps theirs, although least recently used.
+KEEPER_BUDGET=16
+
+test_budget_keeps_unit_free() {
+	local cfg=$IT_TMP/worker-keeper.json hot_pid last_pid i
+	worker_config_with ".max_connections = $KEEPER_BUDGET | .pool = ((.pool // {}) + {max: 1})
+		| .user_pool = ((.user_pool // {}) + {max: 1})" "$cfg" || return
+	users_worker_restart "$cfg" || return
+	for i in 1 2 3; do as_bulk_user 01 || return; done
+	hot_pid=$(pg_worker_pids "$(user_email 01)")
+	# One request each of users 02..16: with user01's, 16 user connections
+	# (and the service principal's, if open) want the 16 units.
+	for i in $(seq -f '%02g' 2 "$KEEPER_BUDGET"); do as_bulk_user "$i" || return; done
+	last_pid=$(pg_worker_pids "$(user_email "$KEEPER_BUDGET")")
+	wait_for "[[ \$(pg_count_worker_conns) -eq $((KEEPER_BUDGET - 1)) ]]" 5
+	expect_eq "$(pg_count_worker_conns)" $((KEEPER_BUDGET - 1)) \
+		"one unit of $KEEPER_BUDGET free with no request under way" || return
+	expect_eq "$(pg_worker_pids "$(user_email 01)")" "$hot_pid" "user01 (3 requests) kept its connection"
+	expect_eq "$(pg_worker_pids "$(user_email "$KEEPER_BUDGET")")" "$last_pid" "the newest user kept theirs"
+	# The next new user takes the free unit; another is freed after it.
+	as_bulk_user 17 || return
+	wait_for "[[ \$(pg_count_worker_conns) -eq $((KEEPER_BUDGET - 1)) ]]" 5
+	expect_eq "$(pg_count_worker_conns)" $((KEEPER_BUDGET - 1)) "one unit free again after user17's login"
+	expect_match "$(pg_worker_pids "$(user_email 17)")" "^[0-9]+$" "user17 holds one connection"
+	expect_eq "$(pg_worker_pids "$(user_email 01)")" "$hot_pid" "user01 still has its connection"
+}
+run_test "eviction: a budget of $KEEPER_BUDGET keeps one unit free, closing a one-request user's connection" \
+	test_budget_keeps_unit_free
+
+# Regular users that just fit the budget are never thinned to keep a unit
+# free: each would only log in again.
+test_budget_keeper_spares_regulars() {
+	local cfg=$IT_TMP/worker-keeper.json first_pid i
+	users_worker_restart "$cfg" || return
+	for i in $(seq -f '%02g' 1 "$KEEPER_BUDGET"); do
+		as_bulk_user "$i" && as_bulk_user "$i" || return
+	done
+	first_pid=$(pg_worker_pids "$(user_email 01)")
+	expect_eq "$(pg_count_worker_conns)" "$KEEPER_BUDGET" "$KEEPER_BUDGET users of 2 requests hold the $KEEPER_BUDGET units" || return
+	# Nothing to poll for: a close would come within the keeper's next
+	# looks, once a second, so watch two of them.
+	sleep 2.5
+	expect_eq "$(pg_count_worker_conns)" "$KEEPER_BUDGET" "no connection closed to free a unit"
+	expect_eq "$(pg_worker_pids "$(user_email 01)")" "$first_pid" "user01 (least recently used) kept its connection"
+}
+run_test "eviction: the kept unit is never freed by closing a regular user's connection" \
+	test_budget_keeper_spares_regulars
+
 # --- back to normal --------------------------------------------------------------------------
 
 test_restore() {
