@@ -60,9 +60,11 @@ int conn_budget_used(struct conn_budget *budget);
  * connection, so that a first request needs not close another pool's
  * connection on its path. Once the last unit is taken, it closes the
  * idle connection of the coldest pool that served a single request lately
- * (never a regular one), and waits for its backend to exit. Returns at
- * once for budgets under 16 (where one unit is too large a share), else
- * when conn_budget_stop_keeper is called. Not for the host-wide cap.
+ * (never a regular one), and waits for its backend to exit. While first
+ * requests close connections on their own path (several at a time), it
+ * stands aside. Returns at once for budgets under 16 (where one unit is
+ * too large a share), else when conn_budget_stop_keeper is called. Not
+ * for the host-wide cap.
  */
 void conn_budget_keep_unit_free(struct conn_budget *budget);
 void conn_budget_stop_keeper(struct conn_budget *budget);
