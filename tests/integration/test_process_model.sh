@@ -607,7 +607,7 @@ run_test "mount_prefix /api: routes and health under it; outside it and dot tric
 test_spawn_fcgi() {
 	local cfg=$STACK_DIR/it-spawn.json pidfile=$STACK_DIR/it-spawn.pid log=$STACK_DIR/it-spawn.log pids p i failed=0
 	# spawn-fcgi points the children's stderr at /dev/null: log to a file.
-	pm_config "$cfg" ".log_file = \"$log\" | .max_requests = 3"
+	pm_config "$cfg" ".log_file = \"$log\" | .max_requests = 3 | .log_level = \"debug\" | .access_log = true"
 	rm -f "$log"
 	sup_stop
 	worker_stop
@@ -629,6 +629,13 @@ test_spawn_fcgi() {
 		[[ $HTTP_STATUS == 200 && $HTTP_BODY == "$SEED_ALICE_JSON" ]] || failed=$((failed + 1))
 	done
 	expect_eq "$failed" 0 "12 user requests through nginx, all alice's rows"
+	# One socket, two processes of one thread: each connection wakes one
+	# of them, and they take turns.
+	wait_for "(( \$(grep -c 'msg=request ' '$log') >= 12 ))" 5
+	expect_eq "$(grep -c 'msg="nothing to accept' "$log")" 0 "no process was woken for a connection the other took"
+	for p in $pids; do
+		expect_ge "$(grep -c "pid=$p msg=request " "$log")" 3 "process $p served its share of 12 sequential requests"
+	done
 	for p in $pids; do
 		pid_alive "$p"
 		expect_eq "$?" 0 "process $p still runs after more than max_requests (never exits on its own)"
