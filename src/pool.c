@@ -864,11 +864,21 @@ budget_take(struct conn_budget *b, struct pool *pool, const struct timespec *dea
 	return result;
 }
 
+/* With the budget lock held: the keeper looks again in a while, not at
+ * each take (a scan of every pool under the lock). */
+static void
+keeper_pause_locked(struct conn_budget *b)
+{
+	struct timespec until;
+
+	clock_deadline_ms(&until, CLOCK_MONOTONIC, KEEPER_POLL_MS);
+	pthread_cond_timedwait(&b->spent, &b->lock, &until);
+}
+
 void
 conn_budget_keep_unit_free(struct conn_budget *b)
 {
 	struct pool_conn *evicted;
-	struct timespec poll;
 
 	if (b->max < KEEPER_MIN_BUDGET)
 		return;
@@ -878,14 +888,13 @@ conn_budget_keep_unit_free(struct conn_budget *b)
 		if (b->used < b->max) {
 			b->keeper_awaits_spent = true;
 			pthread_cond_wait(&b->spent, &b->lock);
-		} else if (clock_monotonic_ms() - b->evicted_on_path_ms < KEEPER_POLL_MS ||
-			   !budget_evict_locked(b, NULL, KEEPER_MAX_HEAT, &evicted)) {
-			/* First requests come faster than one free unit serves,
-			 * or every idle pool is a regular's: look again in a
-			 * while, not at each take (a scan of every pool under
-			 * the lock). */
-			clock_deadline_ms(&poll, CLOCK_MONOTONIC, KEEPER_POLL_MS);
-			pthread_cond_timedwait(&b->spent, &b->lock, &poll);
+		} else if (clock_monotonic_ms() - b->evicted_on_path_ms < KEEPER_POLL_MS) {
+			keeper_pause_locked(b);	/* first requests come faster than one unit serves */
+		} else if (!budget_evict_locked(b, NULL, KEEPER_MAX_HEAT, &evicted)) {
+			pthread_mutex_unlock(&b->lock);
+			log_debug("connection budget spent: no idle connection of an occasional user to close");
+			pthread_mutex_lock(&b->lock);
+			keeper_pause_locked(b);
 		} else if (evicted != NULL) {
 			/* Closed and its backend gone before the unit is free. */
 			pthread_mutex_unlock(&b->lock);

@@ -252,17 +252,24 @@ run_test "eviction: a budget of $KEEPER_BUDGET keeps one unit free, closing a on
 
 # Regular users that just fit the budget are never thinned to keep a unit
 # free: each would only log in again.
+KEEPER_FOUND_NONE='connection budget spent: no idle connection of an occasional user to close'
+
 test_budget_keeper_spares_regulars() {
-	local cfg=$IT_TMP/worker-keeper.json first_pid i
+	local cfg=$IT_TMP/worker-keeper-debug.json first_pid i mark
+	worker_config_with ".max_connections = $KEEPER_BUDGET | .log_level = \"debug\"
+		| .pool = ((.pool // {}) + {max: 1}) | .user_pool = ((.user_pool // {}) + {max: 1})" "$cfg" || return
 	users_worker_restart "$cfg" || return
 	for i in $(seq -f '%02g' 1 "$KEEPER_BUDGET"); do
 		as_bulk_user "$i" && as_bulk_user "$i" || return
 	done
 	first_pid=$(pg_worker_pids "$(user_email 01)")
 	expect_eq "$(pg_count_worker_conns)" "$KEEPER_BUDGET" "$KEEPER_BUDGET users of 2 requests hold the $KEEPER_BUDGET units" || return
-	# Nothing to poll for: a close would come within the keeper's next
-	# looks, once a second, so watch two of them.
-	sleep 2.5
+	# The keeper looks once a second while the budget is spent: after two
+	# looks that found nothing to close, every connection is still open.
+	mark=$(log_mark "$USERS_WORKER_LOG")
+	wait_for "(( \$(log_since '$USERS_WORKER_LOG' $mark | grep -cF '$KEEPER_FOUND_NONE') >= 2 ))" 5
+	expect_ge "$(log_since "$USERS_WORKER_LOG" "$mark" | grep -cF "$KEEPER_FOUND_NONE")" 2 \
+		"the keeper looked twice and found no occasional user's connection"
 	expect_eq "$(pg_count_worker_conns)" "$KEEPER_BUDGET" "no connection closed to free a unit"
 	expect_eq "$(pg_worker_pids "$(user_email 01)")" "$first_pid" "user01 (least recently used) kept its connection"
 }
