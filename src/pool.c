@@ -865,12 +865,15 @@ budget_take(struct conn_budget *b, struct pool *pool, const struct timespec *dea
 }
 
 /* With the budget lock held: the keeper looks again in a while, not at
- * each take (a scan of every pool under the lock). */
+ * each take (a scan of every pool under the lock). The lock may have
+ * been dropped since the loop's test: a stop must not wait a pause. */
 static void
 keeper_pause_locked(struct conn_budget *b)
 {
 	struct timespec until;
 
+	if (b->keeper_stop)
+		return;
 	clock_deadline_ms(&until, CLOCK_MONOTONIC, KEEPER_POLL_MS);
 	pthread_cond_timedwait(&b->spent, &b->lock, &until);
 }
