@@ -178,6 +178,8 @@ watch_listener(struct server *srv)
 		return 0;
 	if (errno != EINVAL)
 		return -1;
+	if (srv->opt->listener_shared)
+		log_info("the kernel has no EPOLLEXCLUSIVE (Linux < 4.5): each connection wakes every process on the socket");
 	ev.events = EPOLLIN;
 	return epoll_ctl(srv->epoll_fd, EPOLL_CTL_ADD, srv->opt->listen_fd, &ev);
 }

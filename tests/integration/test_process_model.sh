@@ -64,6 +64,35 @@ test_connection_wakes_one_worker() {
 run_test "supervisor: a connection wakes one worker, and connections go round the workers" \
 	test_connection_wakes_one_worker
 
+# A kernel before Linux 4.5 refuses EPOLLEXCLUSIVE (EINVAL), here through a
+# preloaded stand-in for epoll_ctl: each worker falls back to a plain
+# watch, says so once, and every request is served.
+test_accept_without_exclusive_wake() {
+	local cfg=$STACK_DIR/it-pm-accept.json shim=$IT_TMP/no_epollexclusive.so wrapper=$IT_TMP/worker-no-excl.sh
+	local mark i failed=0
+	pm_config "$cfg" '.log_level = "debug" | .access_log = true'
+	cc -shared -fPIC -o "$shim" "$(dirname "$0")/no_epollexclusive.c" -ldl
+	expect_eq "$?" 0 "the epoll_ctl stand-in built" || return 1
+	# (a sanitizer build must be told that its runtime is not loaded first)
+	# shellcheck disable=SC2016 # expanded by the wrapper, at its run
+	printf '#!/bin/sh\nLD_PRELOAD=%s ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0" exec %s "$@"\n' \
+		"$shim" "$PM_BIN" >"$wrapper"
+	chmod +x "$wrapper"
+	mark=$(log_mark "$STACK_WORKER_LOG")
+	PM_BIN=$wrapper sup_start "$cfg" --workers 2 --threads 1 || return 1
+	for ((i = 0; i < 20; i++)); do
+		http GET '/api/todos?limit=1'
+		[[ $HTTP_STATUS == 200 ]] || failed=$((failed + 1))
+	done
+	expect_eq "$failed" 0 "20 requests, all 200"
+	expect_eq "$(log_lines_since "$mark" 'msg="the kernel has no EPOLLEXCLUSIVE' | grep -c .)" 2 \
+		"each of the 2 workers said it falls back"
+	# The next tests go on with the supervisor as the test before left it.
+	sup_start "$cfg" --workers 2 --threads 1
+}
+run_test "supervisor: without EPOLLEXCLUSIVE (Linux < 4.5) the workers fall back and serve" \
+	test_accept_without_exclusive_wake
+
 VICTIM=
 test_kill9_worker_under_load() {
 	local mark before n
