@@ -878,12 +878,18 @@ keeper_pause_locked(struct conn_budget *b)
 	pthread_cond_timedwait(&b->spent, &b->lock, &until);
 }
 
+bool
+conn_budget_keeps_unit_free(const struct conn_budget *b)
+{
+	return b->max >= KEEPER_MIN_BUDGET;
+}
+
 void
 conn_budget_keep_unit_free(struct conn_budget *b)
 {
 	struct pool_conn *evicted;
 
-	if (b->max < KEEPER_MIN_BUDGET)
+	if (!conn_budget_keeps_unit_free(b))
 		return;
 	pthread_mutex_lock(&b->lock);
 	while (!b->keeper_stop) {

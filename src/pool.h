@@ -62,11 +62,13 @@ int conn_budget_used(struct conn_budget *budget);
  * idle connection of the coldest pool that served a single request lately
  * (never a regular one), and waits for its backend to exit. While first
  * requests close connections on their own path (several at a time), it
- * stands aside. Returns at once for budgets under 16 (where one unit is
- * too large a share), else when conn_budget_stop_keeper is called. Not
- * for the host-wide cap.
+ * stands aside. Returns when conn_budget_stop_keeper is called, or at
+ * once for a budget that keeps no unit free. Not for the host-wide cap.
  */
 void conn_budget_keep_unit_free(struct conn_budget *budget);
+/* Budgets of 16 units or more keep one free; under 16 one unit is too
+ * large a share of the warm connections (no thread needed). */
+bool conn_budget_keeps_unit_free(const struct conn_budget *budget);
 void conn_budget_stop_keeper(struct conn_budget *budget);
 
 /*

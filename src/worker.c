@@ -170,11 +170,16 @@ budget_keeper_main(void *arg)
 	return NULL;
 }
 
+/* Only for a budget that keeps a unit free (as the credential cache
+ * starts its refresher only when something refreshes eagerly). */
 static int
 start_budget_keeper(struct worker *w, struct lb_error *err)
 {
+	if (!conn_budget_keeps_unit_free(w->budget))
+		return 0;
 	if (pthread_create(&w->budget_keeper, NULL, budget_keeper_main, w->budget) != 0)
-		return lb_error_set(err, LB_ERR_INTERNAL, "Internal error.", "cannot start the budget's thread");
+		return lb_error_set(err, LB_ERR_INTERNAL, "Internal error.",
+				    "cannot start the connection budget's keeper thread");
 	w->budget_keeper_started = true;
 	return 0;
 }
