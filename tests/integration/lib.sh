@@ -352,6 +352,14 @@ emu_mints() {
 
 # --- the worker ------------------------------------------------------------------------------
 
+# closed_total REASON: the worker's lakebase_connections_closed_total for
+# REASON (renewed, evicted, expired, ...), 0 before the first.
+closed_total() {
+	curl -s --max-time 5 "$LAKEBASE_URL/metrics" |
+		awk -v r="$1" '$1 == "lakebase_connections_closed_total{reason=\"" r "\"}" { print $2; found = 1 }
+			END { if (!found) print 0 }'
+}
+
 # json_strip_comments FILE: FILE without the /* */ and // comments the
 # worker's config allows, so jq can read it. Strings are left alone.
 json_strip_comments() {

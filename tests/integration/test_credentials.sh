@@ -94,12 +94,6 @@ test_expiring_credential_is_replaced_without_a_failed_request() {
 # worker's maintenance thread logs in again with the new credential, and
 # no connection ever reaches its expiry. Credentials live 8 s; one user
 # request every 0.2 s for 20 s.
-closed_total() {
-	curl -s --max-time 5 "$LAKEBASE_URL/metrics" |
-		awk -v r="$1" '$1 == "lakebase_connections_closed_total{reason=\"" r "\"}" { print $2; found = 1 }
-			END { if (!found) print 0 }'
-}
-
 test_user_connections_renewed_before_expiry() {
 	local alice=alice@example.com deadline requests=0 failed=0 statuses='' out renewed expired mints
 	short_lifetime_stack 8 renew '.credentials.refresh_margin_ms = 3000' || return
