@@ -927,7 +927,12 @@ conn_budget_stop_keeper(struct conn_budget *b)
 /*
  * Takes one unit for a renewal's second connection, only if one is free
  * here and on the host: never evicts, never waits (the renewal then
- * happens in place instead). No budget: nothing to take.
+ * happens in place instead). No budget: nothing to take. It does not wake
+ * the keeper when it takes the last unit: the unit comes back when the
+ * replaced connection closes, seconds later, and a connection the keeper
+ * closed meanwhile would be lost for nothing. (Where the new connection
+ * is kept beside instead, the next take wakes the keeper; that first
+ * request closes one on its path, as without a keeper.)
  */
 static bool
 budget_try_take(struct conn_budget *b)
@@ -938,10 +943,8 @@ budget_try_take(struct conn_budget *b)
 		return true;
 	pthread_mutex_lock(&b->lock);
 	taken = b->used < b->max && (b->host.take == NULL || b->host.take(b->host.ctx) == 0);
-	if (taken) {
+	if (taken)
 		b->used++;
-		keeper_wake_if_spent(b);
-	}
 	pthread_mutex_unlock(&b->lock);
 	return taken;
 }

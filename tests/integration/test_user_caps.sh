@@ -276,6 +276,49 @@ test_budget_keeper_spares_regulars() {
 run_test "eviction: the kept unit is never freed by closing a regular user's connection" \
 	test_budget_keeper_spares_regulars
 
+# A renewal logs the replacement in first and may take the free unit for
+# it; the unit comes back when the replaced connection closes, so the
+# keeper must not close an occasional user's connection meanwhile.
+# user01's credential lives 8 s (renewal due 4 s before expiry), the other
+# users' an hour; a cache segment of its own, so that every user mints.
+# users_pids FIRST LAST: the PIDs of the connections of users FIRST..LAST, on one line.
+users_pids() {
+	local i
+	for i in $(seq -f '%02g' "$1" "$2"); do pg_worker_pids "$(user_email "$i")"; done | paste -sd ' '
+}
+
+test_budget_keeper_ignores_renewal() {
+	local cfg=$IT_TMP/worker-keeper-renew.json cold_pids evicted0 renewed end i
+	worker_config_with ".max_connections = $KEEPER_BUDGET | .credentials = ((.credentials // {}) + {refresh_margin_ms: 4000})
+		| .credential_cache = ((.credential_cache // {}) + {path: \"$IT_TMP/keeper-renew.cache\"})
+		| .pool = ((.pool // {}) + {max: 1}) | .user_pool = ((.user_pool // {}) + {max: 1})" "$cfg" || return
+	users_worker_restart "$cfg" || return
+	_USERS_EMU_CHANGED=1
+	emu_set_config '{"credential_lifetime_s": 8}' || return
+	as_bulk_user 01 && as_bulk_user 01 || return
+	emu_set_config '{"credential_lifetime_s": 3600}' || return
+	for i in $(seq -f '%02g' 2 "$KEEPER_BUDGET"); do as_bulk_user "$i" || return; done
+	wait_for "[[ \$(pg_count_worker_conns) -eq $((KEEPER_BUDGET - 1)) ]]" 5
+	expect_eq "$(pg_count_worker_conns)" $((KEEPER_BUDGET - 1)) "one unit of $KEEPER_BUDGET free before the renewal" || return
+	cold_pids=$(users_pids 2 "$KEEPER_BUDGET")
+	evicted0=$(closed_total evicted)
+	# user01's requests past the renewal point ask for a new credential;
+	# the maintenance thread then logs the replacement in on the free unit.
+	end=$((SECONDS + 15))
+	while (($(closed_total renewed) < 1 && SECONDS < end)); do
+		as_bulk_user 01 || return
+		sleep 0.3 # pacing: one request per maintenance pass or so
+	done
+	renewed=$(closed_total renewed)
+	expect_ge "$renewed" 1 "user01's connection was renewed" || return
+	wait_for "[[ \$(pg_count_worker_conns) -eq $((KEEPER_BUDGET - 1)) ]]" 5
+	expect_eq "$(pg_count_worker_conns)" $((KEEPER_BUDGET - 1)) "one unit free again after the renewal"
+	expect_eq "$(closed_total evicted)" "$evicted0" "no connection closed to make room during the renewal"
+	expect_eq "$(users_pids 2 "$KEEPER_BUDGET")" "$cold_pids" "every occasional user kept their connection"
+}
+run_test "eviction: a renewal's replacement on the free unit does not make the keeper close a connection" \
+	test_budget_keeper_ignores_renewal
+
 # --- back to normal --------------------------------------------------------------------------
 
 test_restore() {
