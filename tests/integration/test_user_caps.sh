@@ -276,21 +276,21 @@ test_budget_keeper_spares_regulars() {
 run_test "eviction: the kept unit is never freed by closing a regular user's connection" \
 	test_budget_keeper_spares_regulars
 
-# A renewal logs the replacement in first and may take the free unit for
-# it; the unit comes back when the replaced connection closes, so the
-# keeper must not close an occasional user's connection meanwhile.
-# user01's credential lives 8 s (renewal due 4 s before expiry), the other
-# users' an hour; a cache segment of its own, so that every user mints.
 # users_pids FIRST LAST: the PIDs of the connections of users FIRST..LAST, on one line.
 users_pids() {
 	local i
 	for i in $(seq -f '%02g' "$1" "$2"); do pg_worker_pids "$(user_email "$i")"; done | paste -sd ' '
 }
 
+# A renewal logs the replacement in first and may take the free unit for
+# it; the unit comes back when the replaced connection closes, so the
+# keeper must not close an occasional user's connection meanwhile.
+# user01's credential lives 8 s (renewal due 4 s before expiry), the other
+# users' an hour (a restarted worker starts with an empty cache: every
+# user mints).
 test_budget_keeper_ignores_renewal() {
 	local cfg=$IT_TMP/worker-keeper-renew.json cold_pids evicted0 renewed end i
 	worker_config_with ".max_connections = $KEEPER_BUDGET | .credentials = ((.credentials // {}) + {refresh_margin_ms: 4000})
-		| .credential_cache = ((.credential_cache // {}) + {path: \"$IT_TMP/keeper-renew.cache\"})
 		| .pool = ((.pool // {}) + {max: 1}) | .user_pool = ((.user_pool // {}) + {max: 1})" "$cfg" || return
 	users_worker_restart "$cfg" || return
 	_USERS_EMU_CHANGED=1
