@@ -58,11 +58,12 @@ int conn_budget_used(struct conn_budget *budget);
 /*
  * Run by a thread of its own: keeps one unit free for the next new
  * connection, so that a first request needs not close another pool's
- * connection on its path. Once the last unit is taken, it closes the
- * idle connection of the coldest pool that served a single request lately
- * (never a regular one), and waits for its backend to exit. While first
- * requests close connections on their own path (several at a time), it
- * stands aside. Returns when conn_budget_stop_keeper is called, or at
+ * connection on its path. Once a login takes the last unit (a renewal's
+ * replacement aside: that unit comes back when the replaced connection
+ * closes), it closes the idle connection of the coldest pool that served
+ * a single request lately (never a regular one), and waits for its
+ * backend to exit. While first requests close connections on their own
+ * path (several at a time), it stands aside. Returns when conn_budget_stop_keeper is called, or at
  * once for a budget that keeps no unit free. Not for the host-wide cap.
  */
 void conn_budget_keep_unit_free(struct conn_budget *budget);
