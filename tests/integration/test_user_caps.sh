@@ -254,16 +254,23 @@ run_test "eviction: a budget of $KEEPER_BUDGET keeps one unit free, closing a on
 # free: each would only log in again.
 KEEPER_FOUND_NONE='connection budget spent: no idle connection of an occasional user to close'
 
-test_budget_keeper_spares_regulars() {
-	local cfg=$IT_TMP/worker-keeper-debug.json first_pid i mark
+# fill_budget_with_regulars: a worker with the keeper and debug logging
+# whose $KEEPER_BUDGET units are held by users 01..16, 2 requests each.
+fill_budget_with_regulars() {
+	local cfg=$IT_TMP/worker-keeper-debug.json i
 	worker_config_with ".max_connections = $KEEPER_BUDGET | .log_level = \"debug\"
 		| .pool = ((.pool // {}) + {max: 1}) | .user_pool = ((.user_pool // {}) + {max: 1})" "$cfg" || return
 	users_worker_restart "$cfg" || return
 	for i in $(seq -f '%02g' 1 "$KEEPER_BUDGET"); do
 		as_bulk_user "$i" && as_bulk_user "$i" || return
 	done
+	expect_eq "$(pg_count_worker_conns)" "$KEEPER_BUDGET" "$KEEPER_BUDGET users of 2 requests hold the $KEEPER_BUDGET units"
+}
+
+test_budget_keeper_spares_regulars() {
+	local first_pid mark
+	fill_budget_with_regulars || return
 	first_pid=$(pg_worker_pids "$(user_email 01)")
-	expect_eq "$(pg_count_worker_conns)" "$KEEPER_BUDGET" "$KEEPER_BUDGET users of 2 requests hold the $KEEPER_BUDGET units" || return
 	# The keeper looks once a second while the budget is spent: after two
 	# looks that found nothing to close, every connection is still open.
 	mark=$(log_mark "$USERS_WORKER_LOG")
@@ -275,6 +282,37 @@ test_budget_keeper_spares_regulars() {
 }
 run_test "eviction: the kept unit is never freed by closing a regular user's connection" \
 	test_budget_keeper_spares_regulars
+
+# A first request that finds the budget spent closes a connection on its
+# own path; the keeper then stands aside for a second (first requests are
+# coming faster than it frees units) before it closes one more. Here the
+# only pool cold enough for it is user17's, so it closes that one, at
+# least a second after user17's request closed user01's. The log's
+# timestamps tell: without standing aside it closes within the second.
+EVICTED_LINE='msg="pool connection closed" pool=user:[0-9a-f]* reason=evicted'
+
+# log_ts_seconds: the ts= of each log line on stdin, as seconds since the epoch.
+log_ts_seconds() {
+	sed -n 's/^ts=\([^ ]*\) .*/\1/p' | while read -r ts; do date -d "$ts" +%s.%3N; done
+}
+
+test_budget_keeper_stands_aside() {
+	local mark times
+	fill_budget_with_regulars || return
+	mark=$(log_mark "$USERS_WORKER_LOG")
+	as_bulk_user 17 || return
+	wait_for "(( \$(log_since '$USERS_WORKER_LOG' $mark | grep -c '$EVICTED_LINE') >= 2 ))" 5
+	times=$(log_since "$USERS_WORKER_LOG" "$mark" | grep "$EVICTED_LINE" | head -n 2 | log_ts_seconds | paste -sd ' ')
+	expect_match "$times" '^[0-9.]+ [0-9.]+$' "two connections closed: user01's by the request, then one by the keeper" || return
+	printf '       closed at %s\n' "$times"
+	expect_eq "$(awk -v t="$times" 'BEGIN { split(t, a, " "); print (a[2] - a[1] >= 0.99) ? "yes" : "no" }')" yes \
+		"the keeper closed its connection at least 1 s after the request's own"
+	wait_for "[[ \$(pg_count_worker_conns) -eq $((KEEPER_BUDGET - 1)) ]]" 5
+	expect_eq "$(pg_worker_pids "$(user_email 17)")" "" "it closed user17's connection (one request: the only cold pool)"
+	expect_eq "$(pg_count_worker_conns)" $((KEEPER_BUDGET - 1)) "one unit free again"
+}
+run_test "eviction: after a first request closed a connection on its path, the keeper stands aside for a second" \
+	test_budget_keeper_stands_aside
 
 # users_pids FIRST LAST: the PIDs of the connections of users FIRST..LAST, on one line.
 users_pids() {
