@@ -224,6 +224,13 @@ run_test "eviction: the next login waits until the evicted connection's backend 
 # with several requests keeps theirs, although least recently used.
 KEEPER_BUDGET=16
 
+# expect_unit_free MESSAGE: once the keeper is done (bounded wait), one of
+# the $KEEPER_BUDGET units is free: $((KEEPER_BUDGET - 1)) connections.
+expect_unit_free() {
+	wait_for "[[ \$(pg_count_worker_conns) -eq $((KEEPER_BUDGET - 1)) ]]" 5
+	expect_eq "$(pg_count_worker_conns)" $((KEEPER_BUDGET - 1)) "$1"
+}
+
 test_budget_keeps_unit_free() {
 	local cfg=$IT_TMP/worker-keeper.json hot_pid last_pid i
 	worker_config_with ".max_connections = $KEEPER_BUDGET | .pool = ((.pool // {}) + {max: 1})
@@ -235,15 +242,12 @@ test_budget_keeps_unit_free() {
 	# (and the service principal's, if open) want the 16 units.
 	for i in $(seq -f '%02g' 2 "$KEEPER_BUDGET"); do as_bulk_user "$i" || return; done
 	last_pid=$(pg_worker_pids "$(user_email "$KEEPER_BUDGET")")
-	wait_for "[[ \$(pg_count_worker_conns) -eq $((KEEPER_BUDGET - 1)) ]]" 5
-	expect_eq "$(pg_count_worker_conns)" $((KEEPER_BUDGET - 1)) \
-		"one unit of $KEEPER_BUDGET free with no request under way" || return
+	expect_unit_free "one unit of $KEEPER_BUDGET free with no request under way" || return
 	expect_eq "$(pg_worker_pids "$(user_email 01)")" "$hot_pid" "user01 (3 requests) kept its connection"
 	expect_eq "$(pg_worker_pids "$(user_email "$KEEPER_BUDGET")")" "$last_pid" "the newest user kept theirs"
 	# The next new user takes the free unit; another is freed after it.
 	as_bulk_user 17 || return
-	wait_for "[[ \$(pg_count_worker_conns) -eq $((KEEPER_BUDGET - 1)) ]]" 5
-	expect_eq "$(pg_count_worker_conns)" $((KEEPER_BUDGET - 1)) "one unit free again after user17's login"
+	expect_unit_free "one unit free again after user17's login"
 	expect_match "$(pg_worker_pids "$(user_email 17)")" "^[0-9]+$" "user17 holds one connection"
 	expect_eq "$(pg_worker_pids "$(user_email 01)")" "$hot_pid" "user01 still has its connection"
 }
@@ -307,9 +311,8 @@ test_budget_keeper_stands_aside() {
 	printf '       closed at %s\n' "$times"
 	expect_eq "$(awk -v t="$times" 'BEGIN { split(t, a, " "); print (a[2] - a[1] >= 0.99) ? "yes" : "no" }')" yes \
 		"the keeper closed its connection at least 1 s after the request's own"
-	wait_for "[[ \$(pg_count_worker_conns) -eq $((KEEPER_BUDGET - 1)) ]]" 5
+	expect_unit_free "one unit free again"
 	expect_eq "$(pg_worker_pids "$(user_email 17)")" "" "it closed user17's connection (one request: the only cold pool)"
-	expect_eq "$(pg_count_worker_conns)" $((KEEPER_BUDGET - 1)) "one unit free again"
 }
 run_test "eviction: after a first request closed a connection on its path, the keeper stands aside for a second" \
 	test_budget_keeper_stands_aside
@@ -336,8 +339,7 @@ test_budget_keeper_ignores_renewal() {
 	as_bulk_user 01 && as_bulk_user 01 || return
 	emu_set_config '{"credential_lifetime_s": 3600}' || return
 	for i in $(seq -f '%02g' 2 "$KEEPER_BUDGET"); do as_bulk_user "$i" || return; done
-	wait_for "[[ \$(pg_count_worker_conns) -eq $((KEEPER_BUDGET - 1)) ]]" 5
-	expect_eq "$(pg_count_worker_conns)" $((KEEPER_BUDGET - 1)) "one unit of $KEEPER_BUDGET free before the renewal" || return
+	expect_unit_free "one unit of $KEEPER_BUDGET free before the renewal" || return
 	cold_pids=$(users_pids 2 "$KEEPER_BUDGET")
 	evicted0=$(closed_total evicted)
 	# user01's requests past the renewal point ask for a new credential;
@@ -349,8 +351,7 @@ test_budget_keeper_ignores_renewal() {
 	done
 	renewed=$(closed_total renewed)
 	expect_ge "$renewed" 1 "user01's connection was renewed" || return
-	wait_for "[[ \$(pg_count_worker_conns) -eq $((KEEPER_BUDGET - 1)) ]]" 5
-	expect_eq "$(pg_count_worker_conns)" $((KEEPER_BUDGET - 1)) "one unit free again after the renewal"
+	expect_unit_free "one unit free again after the renewal"
 	expect_eq "$(closed_total evicted)" "$evicted0" "no connection closed to make room during the renewal"
 	expect_eq "$(users_pids 2 "$KEEPER_BUDGET")" "$cold_pids" "every occasional user kept their connection"
 }
