@@ -254,6 +254,20 @@ test_budget_keeps_unit_free() {
 run_test "eviction: a budget of $KEEPER_BUDGET keeps one unit free, closing a one-request user's connection" \
 	test_budget_keeps_unit_free
 
+# Under 16 units one free unit is too large a share of the warm
+# connections: a budget of 4 held by 4 one-request users keeps all 4. The
+# keeper above closes within milliseconds; a second of watching is ample.
+test_small_budget_keeps_no_unit_free() {
+	local cfg=$IT_TMP/worker-small-budget.json i
+	worker_config_with '.max_connections = 4 | .pool = ((.pool // {}) + {max: 1}) | .user_pool = ((.user_pool // {}) + {max: 1})' "$cfg" || return
+	users_worker_restart "$cfg" || return
+	for i in 01 02 03 04; do as_bulk_user "$i" || return; done
+	wait_for "(( \$(closed_total evicted) > 0 ))" 1
+	expect_eq "$(closed_total evicted)" 0 "no connection closed to keep a unit free"
+	expect_eq "$(pg_count_worker_conns)" 4 "4 one-request users hold the 4 units"
+}
+run_test "eviction: a budget under $KEEPER_BUDGET keeps no unit free" test_small_budget_keeps_no_unit_free
+
 # Regular users that just fit the budget are never thinned to keep a unit
 # free: each would only log in again.
 KEEPER_FOUND_NONE='connection budget spent: no idle connection of an occasional user to close'
