@@ -25,6 +25,7 @@
 #include "pool.h"
 #include "responder.h"
 #include "router.h"
+#include "statement.h"
 #include "textfmt.h"
 #include "userpools.h"
 #include "worker.h"
@@ -597,83 +598,12 @@ checkout_release(struct checkout *co, bool broken)
 	co->conn = NULL;
 }
 
-static bool
-has_sqlstate(const PGresult *res, const char *sqlstate)
-{
-	const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-
-	return state != NULL && strcmp(state, sqlstate) == 0;
-}
-
-/* Is res the error of a prepared statement whose plan the server can no
- * longer use ("cached plan must not change result type", after a schema
- * change)? Then it is prepared again, once. */
-static bool
-stale_prepared(const PGresult *res)
-{
-	return PQresultStatus(res) == PGRES_FATAL_ERROR && has_sqlstate(res, "0A000");
-}
-
-/* Prepares the route's statement on this session (named by the route's
- * index); NULL when done, else the error result. A statement the session
- * already has (42P05: one this connection failed to remember, out of
- * memory) is as good as prepared. */
-static PGresult *
-prepare_route(PGconn *pg, struct pool_conn *conn, const struct route *route, size_t index,
-	      const char *name, int nparams)
-{
-	PGresult *res = PQprepare(pg, name, route->sql, nparams, NULL);
-
-	if (PQresultStatus(res) != PGRES_COMMAND_OK && !has_sqlstate(res, "42P05"))
-		return res;
-	PQclear(res);
-	(void)pool_conn_mark_prepared(conn, index);	/* else 42P05 next time */
-	return NULL;
-}
-
-/* Executes the route's statement by name, preparing it first if this
- * session does not have it yet. */
-static PGresult *
-execute_prepared(PGconn *pg, struct pool_conn *conn, const struct route *route, size_t index,
-		 const char *name, const struct bound_params *bp)
-{
-	PGresult *res;
-
-	if (!pool_conn_is_prepared(conn, index) &&
-	    (res = prepare_route(pg, conn, route, index, name, (int)bp->count)) != NULL)
-		return res;
-	return PQexecPrepared(pg, name, (int)bp->count, (const char *const *)bp->values, NULL, NULL, 0);
-}
-
-/*
- * The route's statement on this session: prepared on first use on each
- * connection, then executed by name, so PostgreSQL parses, rewrites (RLS)
- * and plans it once per connection rather than once per request. A plan
- * made stale by a schema change is dropped and prepared again, once.
- */
-static PGresult *
-run_statement(struct request_ctx *rc, struct pool_conn *conn, const struct bound_params *bp)
-{
-	PGconn *pg = pool_conn_pg(conn);
-	size_t index = (size_t)(rc->route - rc->w->cfg->routes);
-	char name[8 + TEXT_UINT_MAX] = "lb_route";
-	PGresult *res;
-
-	text_uint(name + 8, index);
-	res = execute_prepared(pg, conn, rc->route, index, name, bp);
-	if (!stale_prepared(res))
-		return res;
-	PQclear(res);
-	PQclear(PQexec(pg, "DEALLOCATE ALL"));
-	pool_conn_forget_prepared(conn);
-	return execute_prepared(pg, conn, rc->route, index, name, bp);
-}
-
 /* Runs the route's SQL on a checked-out connection; fills the response body
  * on success. */
 static int
 execute_route(struct request_ctx *rc, struct checkout *co, const struct bound_params *bp)
 {
+	size_t route_index = (size_t)(rc->route - rc->w->cfg->routes);
 	PGresult *res = NULL;
 	PGconn *pg = NULL;
 	int attempt, rcode = -1;
@@ -692,7 +622,7 @@ execute_route(struct request_ctx *rc, struct checkout *co, const struct bound_pa
 				continue;
 			return -1;
 		}
-		res = run_statement(rc, co->conn, bp);
+		res = statement_run(co->conn, rc->route->sql, route_index, bp);
 		if (attempt == 0 && failed_before_running(res, pg, co->conn)) {
 			PQclear(res);
 			res = NULL;

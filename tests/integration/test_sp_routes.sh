@@ -305,6 +305,56 @@ test_route_defined_only_in_config() {
 	expect_header Cache-Control no-store
 }
 
+# A route's first use on a connection sends its prepare and its execution
+# together (one round trip). A prepare the server refuses (a table that does
+# not exist) skips the execution: 500, and the statement is not remembered as
+# prepared, so once the table exists the route works. An execution the
+# server refuses after a good prepare (division by zero) is the request's
+# 400, and the statement is prepared: the next request executes it by name.
+# Neither loses the connection: the one session (pg_backend_pid, sequential
+# requests take the most recently returned connection) answers throughout,
+# and the worker closes none.
+test_first_use_errors_keep_the_connection() {
+	local cfg=$STACK_DIR/it-sp-routes-prepare.json pid broken0
+	pg_admin_sql "DROP TABLE IF EXISTS app.it_prepare_later" >/dev/null 2>&1 || return
+	at_exit drop_prepare_later
+	worker_config_derive "$cfg" '.routes += [
+		{ method: "GET", path: "/api/it-pid", auth: "service-principal",
+		  sql: "SELECT pg_backend_pid() AS pid", result: "one" },
+		{ method: "GET", path: "/api/it-later", auth: "service-principal",
+		  sql: "SELECT n FROM app.it_prepare_later", result: "rows" },
+		{ method: "GET", path: "/api/it-divide", auth: "service-principal",
+		  sql: "SELECT 12 / :d AS q", params: { d: { in: "query", type: "int", required: true } },
+		  result: "one" }]' || return
+	at_exit restore_worker
+	worker_restart "$cfg" || return
+	broken0=$(closed_total broken)
+	http GET /api/it-pid
+	expect_status 200 || return
+	pid=$(jq -r .pid "$HTTP_BODY_FILE")
+	http GET /api/it-later
+	expect_error 500 internal_error "The query failed."
+	http GET /api/it-later
+	expect_error 500 internal_error "The query failed."
+	http GET /api/it-divide?d=0
+	expect_error 400 bad_request "A value is out of range or malformed for the database."
+	http GET /api/it-divide?d=4
+	expect_status 200 || return
+	expect_body '{"q":3}'
+	pg_admin_sql "CREATE TABLE app.it_prepare_later (n int); INSERT INTO app.it_prepare_later VALUES (7);
+		GRANT SELECT ON app.it_prepare_later TO PUBLIC" >/dev/null || return
+	http GET /api/it-later
+	expect_status 200 || return
+	expect_body '[{"n":7}]'
+	http GET /api/it-pid
+	expect_body "{\"pid\":$pid}"
+	expect_eq "$(closed_total broken)" "$broken0" "connections closed as broken"
+}
+
+drop_prepare_later() {
+	pg_admin_sql "DROP TABLE IF EXISTS app.it_prepare_later" >/dev/null
+}
+
 # Route statements are prepared once per connection. A schema change that
 # changes a route's result type makes PostgreSQL refuse the prepared
 # statement ("cached plan must not change result type", 0A000): the worker
@@ -327,6 +377,8 @@ test_result_type_change_is_prepared_again() {
 run_test "rows: GET /api/todos lists the seeded rows, exactly, in order" test_list_returns_seeded_rows_in_order
 run_test "a result type changed by ALTER TABLE: the statement is prepared again, 200" \
 	test_result_type_change_is_prepared_again
+run_test "first use: a refused prepare is 500 and not remembered, a refused execution 400; one connection throughout" \
+	test_first_use_errors_keep_the_connection
 run_test "rows: ?limit=1 and ?limit=2 cut the list" test_list_limit_query_parameter
 run_test "rows: limit defaults to 50, ?limit=500 returns all 63" test_list_limit_default_50_and_max_500
 run_test "one: GET /api/todos/{id} is the row as an object" test_one_returns_the_row_as_an_object
