@@ -136,7 +136,7 @@ preflight() {
 		command -v perf >/dev/null || bench_die "--profile needs perf"
 		command -v valgrind >/dev/null || bench_die "--profile needs valgrind"
 	fi
-	for port in $REF_PORT $KC_PORT $KC_REF_PORT; do
+	for port in $REF_PORT $KC_PORT $KC_REF_PORT $RTT_PROXY_PORT; do
 		port_in_use "$port" && bench_die "127.0.0.1:$port is in use"
 	done
 	# ~1000 PostgreSQL connections in one process need more than 1024 fds.
@@ -151,7 +151,7 @@ preflight() {
 cleanup() {
 	local rc=$? name
 	trap - EXIT INT TERM
-	for name in ceiling floor nginx-ref nginx-kc nginx-kcref; do
+	for name in ceiling floor nginx-ref nginx-kc nginx-kcref delayproxy; do
 		[[ -e $BENCH_STATE/$name.pid ]] && stop_pid "$BENCH_STATE/$name.pid" 10
 	done
 	if [[ -n $STARTED_STACK && -z $KEEP_STACK ]]; then
@@ -427,12 +427,13 @@ clear_posts() {
 
 # --- cold-1000: the first request of 1000 new users, one at a time -------------------------
 
-scenario_cold() {
-	want cold-1000 || return 0
-	local out mints0 mints1 mark ticks0 ticks1 peak root t0 t1
-	product_start "$BENCH_STATE/worker.json"
+# first_requests NAME KIND COUNT: the first request of each of COUNT users
+# of KIND, one at a time, on the running worker; one row of the table.
+first_requests() {
+	local name=$1 kind=$2 count=$3
+	local out mints0 mints1 mark ticks0 ticks1 peak root t0 t1 secs logins
 	root=$(worker_pid)
-	bench_log "cold-1000: 1000 first requests, sequential"
+	bench_log "$name: $count first requests, sequential"
 	SAMPLER_ID=$((SAMPLER_ID + 1))
 	sampler_start "$BENCH_APP" "$SAMPLER_ID"
 	sleep 0.3
@@ -440,24 +441,54 @@ scenario_cold() {
 	mark=$(file_size "$STACK_PG_LOG")
 	ticks0=$(proc_tree_ticks "$root")
 	t0=$EPOCHREALTIME
-	out=$("$BIN/seqload" http --url "$STACK_URL$USER_PATH" --kind c --count 1000)
+	out=$("$BIN/seqload" http --url "$STACK_URL$USER_PATH" --kind "$kind" --count "$count")
 	t1=$EPOCHREALTIME
 	ticks1=$(proc_tree_ticks "$root")
 	peak=$(sampler_stop "$SAMPLER_ID")
 	mints1=$(emu_mints_total)
-	echo "$out" >"$BENCH_STATE/cold.out"
-	local secs logins
 	secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf("%.2f", b - a) }')
 	logins=$(pg_logins_since "$BENCH_APP" "$mark")
-	record cold-1000 - requests="$(sed -n 's/^requests=//p' <<<"$out")" seconds="$secs" \
-		rps="$(quotient 1000 "$secs" '%.0f')" \
+	record "$name" - requests="$(sed -n 's/^requests=//p' <<<"$out")" seconds="$secs" \
+		rps="$(quotient "$count" "$secs" '%.0f')" \
 		p50_us="$(sed -n 's/^p50_us=//p' <<<"$out")" p90_us="$(sed -n 's/^p90_us=//p' <<<"$out")" \
 		p99_us="$(sed -n 's/^p99_us=//p' <<<"$out")" errors="$(sed -n 's/^errors=//p' <<<"$out")" \
 		load1="$(cut -d ' ' -f 1 /proc/loadavg)" \
 		mints=$((mints1 - mints0)) peak_pg="${peak:-?}" logins="$logins" \
 		logins_per_s="$(quotient "$logins" "$secs" '%.1f')" \
-		cpu_us_per_req="$(quotient $(((ticks1 - ticks0) * 1000000 / CLK_TCK)) 1000 '%.0f')" \
+		cpu_us_per_req="$(quotient $(((ticks1 - ticks0) * 1000000 / CLK_TCK)) "$count" '%.0f')" \
 		rss_kb="$(proc_tree_rss_kb "$root")" conns_end="$(pg_conns_of "$BENCH_APP")"
+}
+
+scenario_cold() {
+	want cold-1000 || return 0
+	product_start "$BENCH_STATE/worker.json"
+	first_requests cold-1000 c 1000
+}
+
+# --- cold-rtt: first requests with the database a round trip away ------------------------------
+
+# PostgreSQL here answers in microseconds; Lakebase is a network hop away.
+# bench/delayproxy delays every byte between the worker and PostgreSQL by
+# half of RTT_US each way, so round trips show as time: a first request's
+# login and first statement, and the same parts measured by a bare client
+# through the same proxy (seqload mintlogin). The TCP handshake is local.
+RTT_US=${RTT_US:-10000}
+RTT_PROXY_PORT=18134
+RTT_USERS=${RTT_USERS:-100}
+
+scenario_cold_rtt() {
+	want cold-rtt || return 0
+	bench_start delayproxy "$BENCH_STATE/delayproxy.log" "$BIN/delayproxy" --listen "$RTT_PROXY_PORT" \
+		--to "$STACK_PG_PORT" --delay-us $((RTT_US / 2))
+	wait_for "port_in_use $RTT_PROXY_PORT" 5 || bench_die "delayproxy did not start"
+	PGPORT=$RTT_PROXY_PORT product_start "$BENCH_STATE/worker.json"
+	first_requests cold-rtt c "$RTT_USERS"
+	bench_log "cold-rtt parts: mint + login + first statement through the proxy (100 users)"
+	"$BIN/seqload" mintlogin --emu "$STACK_EMU_URL" --endpoint "$STACK_ENDPOINT" \
+		--conninfo "$(floor_conninfo | sed "s/port=$STACK_PG_PORT/port=$RTT_PROXY_PORT/")" \
+		--kind m --count 100 --sql "$(user_route_sql)" >"$BENCH_STATE/mintlogin-rtt.out"
+	product_start "$BENCH_STATE/worker.json"
+	bench_stop delayproxy
 }
 
 # --- refresh: credentials that expire every few seconds during the run ------------------------
@@ -681,6 +712,15 @@ print_notes() {
 				(v["mint_p99_us"] + v["login_p99_us"] + v["stmt_p99_us"]) / 1000
 		}' "${parts[@]}"
 	fi
+	if [[ -s $BENCH_STATE/mintlogin-rtt.out ]]; then
+		awk -F= -v rtt="$RTT_US" -v row="$(awk -F '\t' '$1 == "cold-rtt" { print $6 " " $8 }' "$RESULTS")" '
+			{ v[$1] = $2 } END {
+			split(row, r, " ")
+			printf "cold-rtt (PostgreSQL %.1f ms away): parts through the same proxy (100 users): mint p50 %.2f ms, TLS login p50 %.2f ms, first statement p50 %.2f ms; their sum %.2f ms; cold-rtt p50 %.2f ms, p99 %.2f ms\n",
+				rtt / 1000, v["mint_p50_us"] / 1000, v["login_p50_us"] / 1000, v["stmt_p50_us"] / 1000,
+				(v["mint_p50_us"] + v["login_p50_us"] + v["stmt_p50_us"]) / 1000, r[1] / 1000, r[2] / 1000
+		}' "$BENCH_STATE/mintlogin-rtt.out"
+	fi
 	if [[ -s $BENCH_STATE/refresh-closes.out ]]; then
 		awk -F= '{ v[$1] = $2 } END {
 			printf "refresh: worker connections renewed %d, closed at their credential'"'"'s expiry %d, unused replacements closed %d (warm-up and run)\n",
@@ -812,6 +852,7 @@ main() {
 	scenario_mint_login before
 	scenario_cold
 	scenario_mint_login after
+	scenario_cold_rtt
 
 	if [[ -n $PROFILE ]] && want floor; then
 		profile_callgrind floor
