@@ -1,9 +1,11 @@
 /*
  * retry.c - transient versus permanent failures of workspace calls, and the
- * jittered retry schedule (see retry.h).
+ * jittered retry schedule, and which failed statements may run again (see
+ * retry.h).
  */
 #include <limits.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <curl/curl.h>
 
@@ -63,3 +65,13 @@ retry_delay_ms(int retry, unsigned int random)
 	return base - base / 5 + (long)((uint64_t)random * (uint64_t)span / UINT_MAX);
 }
 
+bool
+retry_statement(const char *sqlstate, bool read_only)
+{
+	if (sqlstate != NULL && strcmp(sqlstate, "57P01") == 0)
+		return true;
+	/* No answer, or a connection exception (class 08) or a crash
+	 * (57P02, sent at any point, even after the commit): unknown. */
+	return read_only && (sqlstate == NULL || strncmp(sqlstate, "08", 2) == 0 ||
+			     strcmp(sqlstate, "57P02") == 0);
+}

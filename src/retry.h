@@ -5,9 +5,15 @@
  * other 4xx (400, 401, 403, 404...) fails at once. The schedule is 50 ms,
  * 500 ms, 5 s, each with +/-20 % jitter so that processes that failed
  * together do not retry together.
+ *
+ * A request whose pooled connection failed under it is run again, once, on
+ * a new connection only when that cannot apply its statement twice
+ * (retry_statement).
  */
 #ifndef LB_RETRY_H
 #define LB_RETRY_H
+
+#include <stdbool.h>
 
 #include "error.h"
 
@@ -24,5 +30,16 @@ enum lb_transience retry_classify_curl(int curl_code);
  * is exhausted.
  */
 long retry_delay_ms(int retry, unsigned int random);
+
+/*
+ * May a request be run again on a new connection after its reused one
+ * failed under it (closed, or ended by the server)? sqlstate is the
+ * failure's, NULL when the server sent no answer at all. 57P01 (ended by
+ * an administrator) comes in place of a statement's answer only when the
+ * statement did not commit, so any route may run again. A connection
+ * that died without an answer, or with another error, may have committed
+ * it before the answer was lost: only a read-only route (GET) runs again.
+ */
+bool retry_statement(const char *sqlstate, bool read_only);
 
 #endif

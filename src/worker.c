@@ -24,6 +24,7 @@
 #include "params.h"
 #include "pool.h"
 #include "responder.h"
+#include "retry.h"
 #include "router.h"
 #include "statement.h"
 #include "textfmt.h"
@@ -542,21 +543,17 @@ apply_statement_timeout(struct request_ctx *rc, struct pool_conn *conn)
 	return 0;
 }
 
-/* A reused connection the server closed under us: nothing ran, so the
- * request may be retried once on a fresh connection. */
+/* A reused connection that failed under the statement: run it again, once,
+ * on a fresh connection, where that cannot apply it twice (retry.h). */
 static bool
-failed_before_running(const PGresult *res, PGconn *pg, const struct pool_conn *conn)
+retry_on_fresh_connection(const PGresult *res, PGconn *pg, const struct pool_conn *conn,
+			  const struct route *route)
 {
-	const char *state;
-
-	if (pool_conn_is_fresh(conn))
+	if (pool_conn_is_fresh(conn) || PQstatus(pg) != CONNECTION_BAD ||
+	    (res != NULL && PQresultStatus(res) != PGRES_FATAL_ERROR))
 		return false;
-	if (PQstatus(pg) == CONNECTION_BAD && (res == NULL || PQresultStatus(res) == PGRES_FATAL_ERROR)) {
-		state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-		/* No SQLSTATE: the socket died; 57P01: terminated by an admin. */
-		return state == NULL || strcmp(state, "57P01") == 0 || strncmp(state, "08", 2) == 0;
-	}
-	return false;
+	return retry_statement(res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL,
+			       strcmp(route->method, "GET") == 0);
 }
 
 /* One checkout attempt, from the SP pool or the user's pool. */
@@ -623,7 +620,7 @@ execute_route(struct request_ctx *rc, struct checkout *co, const struct bound_pa
 			return -1;
 		}
 		res = statement_run(co->conn, rc->route->sql, route_index, bp);
-		if (attempt == 0 && failed_before_running(res, pg, co->conn)) {
+		if (attempt == 0 && retry_on_fresh_connection(res, pg, co->conn, rc->route)) {
 			PQclear(res);
 			res = NULL;
 			checkout_release(co, true);

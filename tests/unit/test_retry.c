@@ -125,6 +125,29 @@ test_refresh_time_jitter(void)
 	CU_ASSERT_EQUAL(credential_refresh_time(0, t0, t0 + 3600, 12345), t0 + 3600);
 }
 
+/* A statement whose connection failed runs again only where it cannot
+ * have committed, or where running it twice changes nothing (GET). */
+static void
+test_statement_retry(void)
+{
+	/* Ended by an administrator instead of answering: nothing committed. */
+	CU_ASSERT_TRUE(retry_statement("57P01", true));
+	CU_ASSERT_TRUE(retry_statement("57P01", false));
+	/* No answer, a connection exception, a crash: maybe committed. */
+	CU_ASSERT_TRUE(retry_statement(NULL, true));
+	CU_ASSERT_FALSE(retry_statement(NULL, false));
+	CU_ASSERT_TRUE(retry_statement("08006", true));
+	CU_ASSERT_FALSE(retry_statement("08006", false));
+	CU_ASSERT_TRUE(retry_statement("57P02", true));
+	CU_ASSERT_FALSE(retry_statement("57P02", false));
+	/* The statement's own error is its answer, whatever the method. */
+	CU_ASSERT_FALSE(retry_statement("23505", false));
+	CU_ASSERT_FALSE(retry_statement("42P01", true));
+	CU_ASSERT_FALSE(retry_statement("57014", true));
+	CU_ASSERT_FALSE(retry_statement("57P0", true));
+	CU_ASSERT_FALSE(retry_statement("", true));
+}
+
 void
 register_retry_tests(void)
 {
@@ -138,4 +161,6 @@ register_retry_tests(void)
 	CU_add_test(s, "jitter spreads over the whole range", test_delay_jitter_spread);
 	CU_add_test(s, "schedule ends after three retries", test_schedule_exhausted);
 	CU_add_test(s, "credential refresh: margin, half-life cap, jitter", test_refresh_time_jitter);
+	CU_add_test(s, "a failed statement runs again only where it cannot apply twice",
+		    test_statement_retry);
 }
