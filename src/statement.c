@@ -1,14 +1,20 @@
 /*
  * statement.c - a route's SQL on a pooled session: prepared on first use,
- * executed by name after that.
+ * executed by name after that, under the route's statement_timeout.
  *
- * The first use sends Parse, Bind, Execute and one Sync in libpq's pipeline
- * mode: one round trip where PQprepare then PQexecPrepared took two. Against
- * a remote Lakebase that round trip is a network RTT on every new
- * connection's first request, and on the first use of every route after.
- * Within one Sync the server runs them as PQexecParams would its unnamed
- * statement: one implicit transaction, and a failed prepare skips the
- * execution (its result is PGRES_PIPELINE_ABORTED), so nothing ran.
+ * Whatever a request needs before its execution goes in the same round
+ * trip, in libpq's pipeline mode: where PQprepare, a SET and
+ * PQexecPrepared took up to three round trips, one. Against a remote
+ * Lakebase each is a network RTT: on every new connection's first
+ * request, on the first use of every route after, and whenever requests
+ * alternate between routes with different timeouts.
+ *
+ * The pipeline is [SET statement_timeout, Sync,] [Parse,] Bind/Execute,
+ * Sync. The timeout's own Sync commits it whatever the statement does: in
+ * the statement's transaction, a failed statement would undo it, and the
+ * session's timeout would no longer be the one the pool records. Parse
+ * and Execute share a Sync, as PQexecParams's do: a failed prepare skips
+ * the execution (PGRES_PIPELINE_ABORTED), so nothing ran.
  */
 #include <stdbool.h>
 #include <string.h>
@@ -16,9 +22,23 @@
 #include "statement.h"
 #include "textfmt.h"
 
-/* A pipeline here holds two commands; their results, a NULL after each,
- * and the Sync's result: anything past this is not libpq's protocol. */
-#define PIPELINE_MAX_RESULTS 8
+/* A command's results: its answer, at most an error after it (a lost
+ * connection); anything past this is not libpq's protocol. */
+#define COMMAND_MAX_RESULTS 4
+
+enum command { CMD_TIMEOUT, CMD_PREPARE, CMD_EXECUTE, CMD_COUNT };
+
+struct call {
+	PGconn *pg;
+	const struct route *route;
+	char name[8 + TEXT_UINT_MAX];	/* "lb_route<index>" */
+	const struct bound_params *bp;
+};
+
+struct pipeline {
+	bool sent[CMD_COUNT];
+	PGresult *res[CMD_COUNT];
+};
 
 static bool
 has_sqlstate(const PGresult *res, const char *sqlstate)
@@ -26,6 +46,12 @@ has_sqlstate(const PGresult *res, const char *sqlstate)
 	const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
 
 	return state != NULL && strcmp(state, sqlstate) == 0;
+}
+
+static bool
+succeeded(const PGresult *res)
+{
+	return PQresultStatus(res) == PGRES_COMMAND_OK || PQresultStatus(res) == PGRES_TUPLES_OK;
 }
 
 /* Is res the error of a prepared statement whose plan the server can no
@@ -37,102 +63,168 @@ stale_prepared(const PGresult *res)
 	return PQresultStatus(res) == PGRES_FATAL_ERROR && has_sqlstate(res, "0A000");
 }
 
-static PGresult *
-execute_named(PGconn *pg, const char *name, const struct bound_params *bp)
+/* Does the session's statement_timeout differ from the route's? A route
+ * without one (0) wants the server's default. */
+static bool
+timeout_differs(const struct pool_conn *conn, const struct route *route)
 {
-	return PQexecPrepared(pg, name, (int)bp->count, (const char *const *)bp->values, NULL, NULL, 0);
+	int want = route->statement_timeout_ms, have = pool_conn_statement_timeout(conn);
+
+	return have != want && !(have < 0 && want == 0);
 }
 
-/*
- * Reads a two-command pipeline's results up to its Sync into results[0]
- * (the prepare) and results[1] (the execution), then leaves pipeline mode.
- * A NULL from libpq ends each command's results; a lost connection ends
- * them early. Returns whether the session is out of pipeline mode again.
- */
-static bool
-pipeline_collect(PGconn *pg, PGresult *results[2])
+static int
+send_timeout(const struct call *c)
 {
-	size_t command = 0;
-	int n;
+	char value[TEXT_UINT_MAX];
+	const char *values[1] = { value };
 
-	for (n = 0; n < PIPELINE_MAX_RESULTS; n++) {
-		PGresult *res = PQgetResult(pg);
+	if (c->route->statement_timeout_ms == 0)
+		return PQsendQueryParams(c->pg, "SET statement_timeout TO DEFAULT", 0, NULL, NULL, NULL,
+					 NULL, 0);
+	text_uint(value, (unsigned)c->route->statement_timeout_ms);
+	return PQsendQueryParams(c->pg, "SELECT pg_catalog.set_config('statement_timeout', $1, false)", 1,
+				 NULL, values, NULL, NULL, 0);
+}
 
-		if (res == NULL) {
-			if (PQstatus(pg) == CONNECTION_BAD)
-				return false;
-			command++;
-			continue;
-		}
-		if (PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
-			PQclear(res);
-			return PQexitPipelineMode(pg) == 1;
-		}
-		if (command < 2 && results[command] == NULL)
-			results[command] = res;	/* the first; a lost connection may add more */
+static PGresult *
+execute_named(const struct call *c)
+{
+	return PQexecPrepared(c->pg, c->name, (int)c->bp->count, (const char *const *)c->bp->values,
+			      NULL, NULL, 0);
+}
+
+static bool
+pipeline_send(const struct call *c, const struct pipeline *p)
+{
+	int n = (int)c->bp->count;
+
+	if (PQenterPipelineMode(c->pg) != 1)
+		return false;
+	if (p->sent[CMD_TIMEOUT] && (send_timeout(c) != 1 || PQpipelineSync(c->pg) != 1))
+		return false;
+	if (p->sent[CMD_PREPARE] && PQsendPrepare(c->pg, c->name, c->route->sql, n, NULL) != 1)
+		return false;
+	return PQsendQueryPrepared(c->pg, c->name, n, (const char *const *)c->bp->values, NULL, NULL,
+				   0) == 1 &&
+	       PQpipelineSync(c->pg) == 1;
+}
+
+/* Reads one command's results up to the NULL that ends them, keeping the
+ * first. False when the connection is lost (libpq then ends them early). */
+static bool
+read_command(PGconn *pg, PGresult **keep)
+{
+	PGresult *res;
+	int n = 0;
+
+	while ((res = PQgetResult(pg)) != NULL) {
+		if (*keep == NULL)
+			*keep = res;
 		else
 			PQclear(res);
+		if (++n > COMMAND_MAX_RESULTS)
+			return false;
 	}
-	return false;
+	return PQstatus(pg) != CONNECTION_BAD;
+}
+
+/* A Sync's result; libpq sends no NULL after it. */
+static bool
+read_sync(PGconn *pg)
+{
+	PGresult *res = PQgetResult(pg);
+	bool ok = PQresultStatus(res) == PGRES_PIPELINE_SYNC;
+
+	PQclear(res);
+	return ok;
+}
+
+/* Reads every result the pipeline sent asked for, in order, and leaves
+ * pipeline mode. Returns whether the session is idle again. */
+static bool
+pipeline_read(PGconn *pg, struct pipeline *p)
+{
+	if (p->sent[CMD_TIMEOUT] && (!read_command(pg, &p->res[CMD_TIMEOUT]) || !read_sync(pg)))
+		return false;
+	if (p->sent[CMD_PREPARE] && !read_command(pg, &p->res[CMD_PREPARE]))
+		return false;
+	if (!read_command(pg, &p->res[CMD_EXECUTE]) || !read_sync(pg))
+		return false;
+	return PQexitPipelineMode(pg) == 1;
+}
+
+/* The request's answer: the execution's result if it ran, else the error
+ * that kept it from running: the prepare's (which aborts the execution),
+ * or the timeout's (the connection lost there). Clears the others. */
+static PGresult *
+pipeline_answer(struct pipeline *p)
+{
+	PGresult *answer = p->res[CMD_EXECUTE];
+	int i;
+
+	if (answer == NULL || PQresultStatus(answer) == PGRES_PIPELINE_ABORTED) {
+		answer = NULL;
+		for (i = CMD_PREPARE; i >= CMD_TIMEOUT && answer == NULL; i--) {
+			if (p->res[i] != NULL && !succeeded(p->res[i]))
+				answer = p->res[i];
+		}
+	}
+	for (i = 0; i < CMD_COUNT; i++) {
+		if (p->res[i] != answer)
+			PQclear(p->res[i]);
+	}
+	return answer;
 }
 
 /*
- * Prepares and executes in one round trip (see the top of the file). A
+ * Sends what the session lacks with the execution, in one round trip. A
  * statement the session already has (42P05: one this connection failed to
  * remember, out of memory) is as good as prepared: its execution, skipped
  * with the failed prepare, runs now on its own.
  */
 static PGresult *
-prepare_and_execute(PGconn *pg, struct pool_conn *conn, const char *sql, size_t index,
-		    const char *name, const struct bound_params *bp)
+execute_pipelined(struct pool_conn *conn, const struct call *c, size_t index, bool prepare)
 {
-	PGresult *results[2] = { NULL, NULL };
-	bool sent, idle;
+	struct pipeline p = { .sent = { [CMD_TIMEOUT] = timeout_differs(conn, c->route),
+					 [CMD_PREPARE] = prepare, [CMD_EXECUTE] = true } };
+	bool idle = pipeline_send(c, &p) && pipeline_read(c->pg, &p);
+	bool already = p.res[CMD_PREPARE] != NULL && has_sqlstate(p.res[CMD_PREPARE], "42P05");
+	int timeout = c->route->statement_timeout_ms;
 
-	if (PQenterPipelineMode(pg) != 1)
-		return NULL;
-	sent = PQsendPrepare(pg, name, sql, (int)bp->count, NULL) == 1 &&
-	       PQsendQueryPrepared(pg, name, (int)bp->count, (const char *const *)bp->values, NULL,
-				   NULL, 0) == 1 &&
-	       PQpipelineSync(pg) == 1;
-	idle = sent && pipeline_collect(pg, results);
-	if (PQresultStatus(results[0]) == PGRES_COMMAND_OK) {
+	if (succeeded(p.res[CMD_TIMEOUT]))
+		pool_conn_set_statement_timeout(conn, timeout == 0 ? -1 : timeout);
+	if (succeeded(p.res[CMD_PREPARE]) || already)
 		(void)pool_conn_mark_prepared(conn, index);	/* else 42P05 next time */
-		PQclear(results[0]);
-		return results[1];
-	}
-	PQclear(results[1]);
-	if (idle && results[0] != NULL && has_sqlstate(results[0], "42P05")) {
-		PQclear(results[0]);
-		(void)pool_conn_mark_prepared(conn, index);
-		return execute_named(pg, name, bp);
-	}
-	return results[0];
+	if (!(idle && already))
+		return pipeline_answer(&p);
+	PQclear(pipeline_answer(&p));
+	return execute_named(c);
 }
 
 static PGresult *
-execute(struct pool_conn *conn, const char *sql, size_t index, const char *name,
-	const struct bound_params *bp)
+execute(struct pool_conn *conn, const struct call *c, size_t index)
 {
-	PGconn *pg = pool_conn_pg(conn);
+	bool prepare = !pool_conn_is_prepared(conn, index);
 
-	if (pool_conn_is_prepared(conn, index))
-		return execute_named(pg, name, bp);
-	return prepare_and_execute(pg, conn, sql, index, name, bp);
+	if (!prepare && !timeout_differs(conn, c->route))
+		return execute_named(c);
+	return execute_pipelined(conn, c, index, prepare);
 }
 
 PGresult *
-statement_run(struct pool_conn *conn, const char *sql, size_t index, const struct bound_params *bp)
+statement_run(struct pool_conn *conn, const struct route *route, size_t index,
+	      const struct bound_params *bp)
 {
-	char name[8 + TEXT_UINT_MAX] = "lb_route";
+	struct call c = { .pg = pool_conn_pg(conn), .route = route, .name = "lb_route", .bp = bp };
 	PGresult *res;
 
-	text_uint(name + 8, index);
-	res = execute(conn, sql, index, name, bp);
+	text_uint(c.name + 8, index);
+	res = execute(conn, &c, index);
 	if (!stale_prepared(res))
 		return res;
 	PQclear(res);
-	PQclear(PQexec(pool_conn_pg(conn), "DEALLOCATE ALL"));
+	PQclear(PQexec(c.pg, "DEALLOCATE ALL"));
 	pool_conn_forget_prepared(conn);
-	return execute(conn, sql, index, name, bp);
+	return execute(conn, &c, index);
 }

@@ -510,39 +510,6 @@ check_body(struct request_ctx *rc)
 	return 0;
 }
 
-/* Sets the session's statement timeout only when it differs from the
- * route's, so routes cost no extra round trip in the common case. A route
- * without one (0) gets the server's default back. */
-static int
-apply_statement_timeout(struct request_ctx *rc, struct pool_conn *conn)
-{
-	int want = rc->route->statement_timeout_ms;
-	int have = pool_conn_statement_timeout(conn);
-	char value[24];
-	const char *values[1] = { value };
-	PGresult *res;
-	int ok;
-
-	if (have == want || (have < 0 && want == 0))
-		return 0;
-	if (want == 0) {
-		res = PQexec(pool_conn_pg(conn), "SET statement_timeout TO DEFAULT");
-	} else {
-		snprintf(value, sizeof(value), "%d", want);
-		res = PQexecParams(pool_conn_pg(conn),
-				   "SELECT pg_catalog.set_config('statement_timeout', $1, false)",
-				   1, NULL, values, NULL, NULL, 0);
-	}
-	ok = PQresultStatus(res) == PGRES_TUPLES_OK || PQresultStatus(res) == PGRES_COMMAND_OK;
-	if (!ok)
-		responder_pg_error(res, pool_conn_pg(conn), &rc->err);
-	PQclear(res);
-	if (!ok)
-		return -1;
-	pool_conn_set_statement_timeout(conn, want == 0 ? -1 : want);
-	return 0;
-}
-
 /* A reused connection that failed under the statement: run it again, once,
  * on a fresh connection, where that cannot apply it twice (retry.h). */
 static bool
@@ -610,16 +577,7 @@ execute_route(struct request_ctx *rc, struct checkout *co, const struct bound_pa
 		if (checkout_acquire(co, &rc->err) != 0)
 			return -1;
 		pg = pool_conn_pg(co->conn);
-		if (apply_statement_timeout(rc, co->conn) != 0) {
-			bool retry = attempt == 0 && !pool_conn_is_fresh(co->conn) &&
-				     PQstatus(pg) != CONNECTION_OK;
-
-			checkout_release(co, PQstatus(pg) != CONNECTION_OK);
-			if (retry)
-				continue;
-			return -1;
-		}
-		res = statement_run(co->conn, rc->route->sql, route_index, bp);
+		res = statement_run(co->conn, rc->route, route_index, bp);
 		if (attempt == 0 && retry_on_fresh_connection(res, pg, co->conn, rc->route)) {
 			PQclear(res);
 			res = NULL;

@@ -305,6 +305,27 @@ test_route_defined_only_in_config() {
 	expect_header Cache-Control no-store
 }
 
+# A worker with four more SP routes: the session's backend PID, a table
+# the tests create late, a division, and a sleep without a statement
+# timeout (the session's default).
+start_worker_with_probe_routes() {
+	local cfg=$STACK_DIR/it-sp-routes-probes.json
+	worker_config_derive "$cfg" '.routes += [
+		{ method: "GET", path: "/api/it-pid", auth: "service-principal",
+		  sql: "SELECT pg_backend_pid() AS pid", result: "one" },
+		{ method: "GET", path: "/api/it-later", auth: "service-principal",
+		  sql: "SELECT n FROM app.it_prepare_later", result: "rows" },
+		{ method: "GET", path: "/api/it-divide", auth: "service-principal",
+		  sql: "SELECT 12 / :d AS q", params: { d: { in: "query", type: "int", required: true } },
+		  result: "one" },
+		{ method: "GET", path: "/api/it-sleep-untimed", auth: "service-principal",
+		  sql: "SELECT true AS slept FROM pg_catalog.pg_sleep(:s)",
+		  params: { s: { in: "query", type: "numeric", required: true, min: 0, max: 10 } },
+		  result: "one" }]' || return
+	at_exit restore_worker
+	worker_restart "$cfg"
+}
+
 # A route's first use on a connection sends its prepare and its execution
 # together (one round trip). A prepare the server refuses (a table that does
 # not exist) skips the execution: 500, and the statement is not remembered as
@@ -315,19 +336,10 @@ test_route_defined_only_in_config() {
 # requests take the most recently returned connection) answers throughout,
 # and the worker closes none.
 test_first_use_errors_keep_the_connection() {
-	local cfg=$STACK_DIR/it-sp-routes-prepare.json pid broken0
+	local pid broken0
 	pg_admin_sql "DROP TABLE IF EXISTS app.it_prepare_later" >/dev/null 2>&1 || return
 	at_exit drop_prepare_later
-	worker_config_derive "$cfg" '.routes += [
-		{ method: "GET", path: "/api/it-pid", auth: "service-principal",
-		  sql: "SELECT pg_backend_pid() AS pid", result: "one" },
-		{ method: "GET", path: "/api/it-later", auth: "service-principal",
-		  sql: "SELECT n FROM app.it_prepare_later", result: "rows" },
-		{ method: "GET", path: "/api/it-divide", auth: "service-principal",
-		  sql: "SELECT 12 / :d AS q", params: { d: { in: "query", type: "int", required: true } },
-		  result: "one" }]' || return
-	at_exit restore_worker
-	worker_restart "$cfg" || return
+	start_worker_with_probe_routes || return
 	broken0=$(closed_total broken)
 	http GET /api/it-pid
 	expect_status 200 || return
@@ -355,6 +367,40 @@ drop_prepare_later() {
 	pg_admin_sql "DROP TABLE IF EXISTS app.it_prepare_later" >/dev/null
 }
 
+# The session's statement_timeout follows each route's, sent in the same
+# round trip as the statement: /api/slow's 500 ms, /api/todos's 5 s, the
+# server's default for a route without one. A 0.8 s sleep ends at 500 ms
+# after every switch back, and runs to its end under the default. The
+# timeout is committed on its own: the statement that failed right after
+# setting it does not undo it, so the next one, sent without a SET, ends
+# at 500 ms too. One session throughout.
+test_statement_timeout_follows_the_route() {
+	local pid broken0
+	start_worker_with_probe_routes || return
+	broken0=$(closed_total broken)
+	http GET /api/it-pid
+	expect_status 200 || return
+	pid=$(jq -r .pid "$HTTP_BODY_FILE")
+	http GET '/api/slow?s=0.8'
+	expect_error 504 timeout
+	http GET '/api/todos?limit=1'
+	expect_status 200
+	http GET '/api/slow?s=0.8'
+	expect_error 504 timeout
+	http GET '/api/slow?s=0.8'
+	expect_error 504 timeout
+	http GET '/api/it-sleep-untimed?s=0.8'
+	expect_status 200
+	expect_body '{"slept":true}'
+	http GET '/api/slow?s=0.8'
+	expect_error 504 timeout
+	http GET '/api/slow?s=0.1'
+	expect_status 200
+	http GET /api/it-pid
+	expect_body "{\"pid\":$pid}"
+	expect_eq "$(closed_total broken)" "$broken0" "connections closed as broken"
+}
+
 # Route statements are prepared once per connection. A schema change that
 # changes a route's result type makes PostgreSQL refuse the prepared
 # statement ("cached plan must not change result type", 0A000): the worker
@@ -379,6 +425,8 @@ run_test "a result type changed by ALTER TABLE: the statement is prepared again,
 	test_result_type_change_is_prepared_again
 run_test "first use: a refused prepare is 500 and not remembered, a refused execution 400; one connection throughout" \
 	test_first_use_errors_keep_the_connection
+run_test "statement_timeout follows the route: 500 ms, 5 s, the default, 500 ms again; one connection" \
+	test_statement_timeout_follows_the_route
 run_test "rows: ?limit=1 and ?limit=2 cut the list" test_list_limit_query_parameter
 run_test "rows: limit defaults to 50, ?limit=500 returns all 63" test_list_limit_default_50_and_max_500
 run_test "one: GET /api/todos/{id} is the row as an object" test_one_returns_the_row_as_an_object
