@@ -487,8 +487,22 @@ scenario_cold_rtt() {
 	"$BIN/seqload" mintlogin --emu "$STACK_EMU_URL" --endpoint "$STACK_ENDPOINT" \
 		--conninfo "$(floor_conninfo | sed "s/port=$STACK_PG_PORT/port=$RTT_PROXY_PORT/")" \
 		--kind m --count 100 --sql "$(user_route_sql)" >"$BENCH_STATE/mintlogin-rtt.out"
+	alternating_timeouts >"$BENCH_STATE/alternate-rtt.out"
 	product_start "$BENCH_STATE/worker.json"
 	bench_stop delayproxy
+}
+
+# Warm SP requests, one at a time, alternating between a route with a
+# statement timeout (/api/todos, 5 s) and one without (the server's
+# default): each needs the session's timeout changed. Prints the median
+# of 60 (curl's time_total, in ms).
+alternating_timeouts() {
+	local id=00000000-0000-4000-8000-000000000001 i
+	bench_log "cold-rtt: 60 warm SP requests alternating between statement timeouts"
+	for ((i = 0; i < 33; i++)); do
+		curl -s -o /dev/null -w '%{time_total}\n' --max-time 10 "$STACK_URL/api/todos?limit=1"
+		curl -s -o /dev/null -w '%{time_total}\n' --max-time 10 "$STACK_URL/api/todos/$id"
+	done | tail -n 60 | sort -n | awk '{ t[NR] = $1 } END { printf "alt_p50_ms=%.2f\nalt_n=%d\n", t[int((NR + 1) / 2)] * 1000, NR }'
 }
 
 # --- refresh: credentials that expire every few seconds during the run ------------------------
@@ -721,6 +735,12 @@ print_notes() {
 				(v["mint_p50_us"] + v["login_p50_us"] + v["stmt_p50_us"]) / 1000, r[1] / 1000, r[2] / 1000
 		}' "$BENCH_STATE/mintlogin-rtt.out"
 	fi
+	if [[ -s $BENCH_STATE/alternate-rtt.out ]]; then
+		awk -F= -v rtt="$RTT_US" '{ v[$1] = $2 } END {
+			printf "cold-rtt: warm SP requests alternating between statement timeouts: p50 %.2f ms of %d (one round trip: %.1f ms)\n",
+				v["alt_p50_ms"], v["alt_n"], rtt / 1000
+		}' "$BENCH_STATE/alternate-rtt.out"
+	fi
 	if [[ -s $BENCH_STATE/refresh-closes.out ]]; then
 		awk -F= '{ v[$1] = $2 } END {
 			printf "refresh: worker connections renewed %d, closed at their credential'"'"'s expiry %d, unused replacements closed %d (warm-up and run)\n",
@@ -768,7 +788,7 @@ main() {
 	mkdir -p "$BENCH_STATE"
 	: >"$RESULTS"
 	# The notes are this run's only: no figure left from an earlier one.
-	rm -f "$BENCH_STATE"/mintlogin*.out "$BENCH_STATE/refresh-closes.out" "$PROFILE_DIR/instructions.txt"
+	rm -f "$BENCH_STATE"/mintlogin*.out "$BENCH_STATE/alternate-rtt.out" "$BENCH_STATE/refresh-closes.out" "$PROFILE_DIR/instructions.txt"
 	{ uptime; nproc; } >"$BENCH_STATE/host.txt"
 
 	bench_log "bench users, rows, emulator config"
