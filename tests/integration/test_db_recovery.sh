@@ -114,6 +114,95 @@ test_idle_connections_closed_after_idle_timeout() {
 	expect_status 200
 }
 
+# --- a connection lost under its statement ---------------------------------------------------
+
+RELAY_PID=$STACK_DIR/it-relay.pid
+RELAY_TITLE='it-db-recovery: lost connection'
+
+stop_relay() {
+	stop_pid "$RELAY_PID" 5 KILL
+}
+
+delete_relay_rows() {
+	pg_admin_sql "DELETE FROM app.todos WHERE title = '$RELAY_TITLE'" >/dev/null
+}
+
+# relay_port: a free loopback port for tcp_relay.pl.
+relay_port() {
+	local port
+	for ((port = 54340; port < 54360; port++)); do
+		port_in_use "$port" || { echo "$port"; return 0; }
+	done
+	return 1
+}
+
+# cut_under_statement CONFIG PORT METHOD PATH REQUEST_ID [BODY]: the worker
+# with CONFIG reaches PostgreSQL through tcp_relay.pl on PORT; after one
+# request has left a connection idle in the pool, METHOD PATH (a 1 s
+# statement) runs on it, and the relay is killed while the statement
+# runs. Sets CUT_STATUS to the request's HTTP status.
+cut_under_statement() {
+	local cfg=$1 port=$2 method=$3 path=$4 rid=$5 body=${6:-} out=$IT_TMP/cut.status curl_pid
+	local -a data=()
+	[[ -n $body ]] && data=(-H 'Content-Type: application/json' --data "$body")
+	CUT_STATUS=
+	start_bg relay "$RELAY_PID" "$STACK_DIR/it-relay.log" \
+		perl "$(dirname "${BASH_SOURCE[0]}")/tcp_relay.pl" "$port" "$STACK_PG_PORT" >/dev/null || return
+	wait_for "port_in_use $port" 5 || return
+	PGPORT=$port worker_restart "$cfg" >/dev/null || return
+	http GET '/api/todos?limit=1'
+	expect_status 200 || return
+	curl -s -o /dev/null -w '%{http_code}' --max-time 30 -X "$method" -H "X-Request-Id: $rid" \
+		"${data[@]}" "$LAKEBASE_URL$path" >"$out" &
+	curl_pid=$!
+	wait_for "[[ \$(sleeping_backends) == 1 ]]" 5
+	expect_eq "$?" 0 "the statement is running" || { wait "$curl_pid"; return 1; }
+	stop_relay
+	wait "$curl_pid"
+	CUT_STATUS=$(cat "$out")
+	# Its backend notices the loss only when it answers: the next tests
+	# count the worker's connections.
+	wait_for "[[ \$(sleeping_backends) == 0 ]]" 5
+	expect_eq "$?" 0 "the cut statement's backend has ended"
+}
+
+# sleeping_backends: the worker's backends running a route's 1 s sleep.
+sleeping_backends() {
+	pg_admin_sql "SELECT count(*) FROM pg_stat_activity WHERE application_name = '${PGAPPNAME:-lakebase-fcgi}'
+		AND state = 'active' AND query LIKE '%pg_sleep(1)%'"
+}
+
+# The worker's connection to PostgreSQL cut while a statement runs: no
+# answer, no SQLSTATE, as when a network fails. PostgreSQL commits what it
+# was given (the client's loss shows only when it sends the answer), so a
+# write is not run again: 503, no retry logged, and its row exists once.
+# A read is run again on a fresh connection (logged; with the relay gone
+# that connection fails too).
+test_lost_connection_retries_reads_not_writes() {
+	local cfg=$STACK_DIR/it-db-recovery-relay.json port
+	port=$(relay_port) || { expect_eq no-port port "a free port for the relay"; return; }
+	at_exit stop_relay
+	at_exit delete_relay_rows
+	delete_relay_rows
+	worker_config_derive "$cfg" '.routes += [
+		{ method: "POST", path: "/api/it-slow-insert", auth: "service-principal",
+		  sql: "INSERT INTO app.todos (title) SELECT :title FROM pg_catalog.pg_sleep(1) RETURNING id",
+		  params: { title: { in: "body", type: "text", required: true } }, result: "one" },
+		{ method: "GET", path: "/api/it-slow-read", auth: "service-principal",
+		  sql: "SELECT true AS slept FROM pg_catalog.pg_sleep(1)", result: "one" }]' || return
+	cut_under_statement "$cfg" "$port" POST /api/it-slow-insert it-cut-post "{\"title\":\"$RELAY_TITLE\"}" ||
+		return
+	expect_eq "$CUT_STATUS" 503 "the write whose connection was cut"
+	wait_for "grep -F 'request_id=it-cut-post ' '$STACK_WORKER_LOG' | grep -q 'status=503'" 5
+	grep -F 'retrying on a fresh connection' "$STACK_WORKER_LOG" | grep -qF 'request_id=it-cut-post'
+	expect_eq "$?" 1 "no retry logged for the write"
+	wait_for "[[ \$(pg_admin_sql \"SELECT count(*) FROM app.todos WHERE title = '$RELAY_TITLE'\") == 1 ]]" 5
+	expect_eq "$?" 0 "its row committed once (rows: $(pg_admin_sql "SELECT count(*) FROM app.todos WHERE title = '$RELAY_TITLE'"))"
+	cut_under_statement "$cfg" "$port" GET /api/it-slow-read it-cut-get || return
+	wait_for "grep -F 'retrying on a fresh connection' '$STACK_WORKER_LOG' | grep -qF 'request_id=it-cut-get'" 5
+	expect_eq "$?" 0 "the read is retried on a fresh connection (answered $CUT_STATUS)"
+}
+
 # --- PostgreSQL down ----------------------------------------------------------------------
 
 test_postgres_down_is_503_then_recovers_without_worker_restart() {
@@ -137,6 +226,8 @@ test_postgres_down_is_503_then_recovers_without_worker_restart() {
 
 run_test "connections terminated by the server: next requests all 200" \
 	test_terminated_connections_are_replaced_without_a_failed_request
+run_test "connection cut under a statement: the write is 503 and not run again, the read is retried" \
+	test_lost_connection_retries_reads_not_writes
 run_test "50 parallel requests: all 200, never more than $POOL_MAX connections" \
 	test_burst_of_50_never_exceeds_pool_max
 run_test "idle connections closed after pool.idle_timeout_ms (1.5 s)" \
