@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test_db_recovery.sh - the service principal's pool against a real
 # PostgreSQL: connections terminated by the server are replaced without a
-# failed request, the pool never opens more than its max under a burst,
+# failed request, a connection cut under a statement retries a read but
+# not a write, the pool never opens more than its max under a burst,
 # idle connections are closed after the idle timeout, and PostgreSQL down
 # is a 503 that heals by itself.
 #
