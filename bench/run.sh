@@ -29,7 +29,8 @@
 # Results: the table on stdout, raw files in /tmp/lb-bench/bench/
 # (results.tsv, results.md, profile/). Environment: BENCH_BUILD_DIR
 # (default <repo>/build-bench), BENCH_SRC_DIR (the tree to build, default
-# the repo).
+# the repo), RTT_US and RTT_USERS (cold-rtt's round trip, default 10000
+# µs, and its number of new users, default 100).
 set -Eeuo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

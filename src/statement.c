@@ -36,7 +36,7 @@ struct call {
 };
 
 struct pipeline {
-	bool sent[CMD_COUNT];
+	bool sent[CMD_COUNT];	/* the optional commands: the execution always goes */
 	PGresult *res[CMD_COUNT];
 };
 
@@ -83,8 +83,9 @@ send_timeout(const struct call *c)
 		return PQsendQueryParams(c->pg, "SET statement_timeout TO DEFAULT", 0, NULL, NULL, NULL,
 					 NULL, 0);
 	text_uint(value, (unsigned)c->route->statement_timeout_ms);
-	return PQsendQueryParams(c->pg, "SELECT pg_catalog.set_config('statement_timeout', $1, false)", 1,
-				 NULL, values, NULL, NULL, 0);
+	return PQsendQueryParams(c->pg,
+				 "SELECT pg_catalog.set_config('statement_timeout', $1, false)", 1, NULL,
+				 values, NULL, NULL, 0);
 }
 
 static PGresult *
@@ -187,7 +188,7 @@ static PGresult *
 execute_pipelined(struct pool_conn *conn, const struct call *c, size_t index, bool prepare)
 {
 	struct pipeline p = { .sent = { [CMD_TIMEOUT] = timeout_differs(conn, c->route),
-					 [CMD_PREPARE] = prepare, [CMD_EXECUTE] = true } };
+					 [CMD_PREPARE] = prepare } };
 	bool idle = pipeline_send(c, &p) && pipeline_read(c->pg, &p);
 	bool already = p.res[CMD_PREPARE] != NULL && has_sqlstate(p.res[CMD_PREPARE], "42P05");
 	int timeout = c->route->statement_timeout_ms;
