@@ -2,9 +2,10 @@
 # test_db_recovery.sh - the service principal's pool against a real
 # PostgreSQL: connections terminated by the server are replaced without a
 # failed request, a connection cut under a statement retries a read but
-# not a write, the pool never opens more than its max under a burst,
-# idle connections are closed after the idle timeout, and PostgreSQL down
-# is a 503 that heals by itself.
+# not a write, one ended by an administrator retries a write too, the
+# pool never opens more than its max under a burst, idle connections are
+# closed after the idle timeout, and PostgreSQL down is a 503 that heals
+# by itself.
 #
 # Needs the stack (scripts/stack.sh start). Restarts the worker (and once
 # PostgreSQL); leaves the normal worker running.
@@ -128,6 +129,24 @@ delete_relay_rows() {
 	pg_admin_sql "DELETE FROM app.todos WHERE title = '$RELAY_TITLE'" >/dev/null
 }
 
+# slow_routes_config CONFIG: the worker's config with a 1 s INSERT
+# (POST /api/it-slow-insert, title in the body) and a 1 s read (GET
+# /api/it-slow-read); no row of RELAY_TITLE left from before.
+slow_routes_config() {
+	at_exit delete_relay_rows
+	delete_relay_rows
+	worker_config_derive "$1" '.routes += [
+		{ method: "POST", path: "/api/it-slow-insert", auth: "service-principal",
+		  sql: "INSERT INTO app.todos (title) SELECT :title FROM pg_catalog.pg_sleep(1) RETURNING id",
+		  params: { title: { in: "body", type: "text", required: true } }, result: "one" },
+		{ method: "GET", path: "/api/it-slow-read", auth: "service-principal",
+		  sql: "SELECT true AS slept FROM pg_catalog.pg_sleep(1)", result: "one" }]'
+}
+
+relay_rows() {
+	pg_admin_sql "SELECT count(*) FROM app.todos WHERE title = '$RELAY_TITLE'"
+}
+
 # relay_port: a free loopback port for tcp_relay.pl.
 relay_port() {
 	local port
@@ -180,28 +199,47 @@ sleeping_backends() {
 # A read is run again on a fresh connection (logged; with the relay gone
 # that connection fails too).
 test_lost_connection_retries_reads_not_writes() {
-	local cfg=$STACK_DIR/it-db-recovery-relay.json port
+	local cfg=$STACK_DIR/it-db-recovery-slow.json port
 	port=$(relay_port) || { expect_eq no-port port "a free port for the relay"; return; }
 	at_exit stop_relay
-	at_exit delete_relay_rows
-	delete_relay_rows
-	worker_config_derive "$cfg" '.routes += [
-		{ method: "POST", path: "/api/it-slow-insert", auth: "service-principal",
-		  sql: "INSERT INTO app.todos (title) SELECT :title FROM pg_catalog.pg_sleep(1) RETURNING id",
-		  params: { title: { in: "body", type: "text", required: true } }, result: "one" },
-		{ method: "GET", path: "/api/it-slow-read", auth: "service-principal",
-		  sql: "SELECT true AS slept FROM pg_catalog.pg_sleep(1)", result: "one" }]' || return
+	slow_routes_config "$cfg" || return
 	cut_under_statement "$cfg" "$port" POST /api/it-slow-insert it-cut-post "{\"title\":\"$RELAY_TITLE\"}" ||
 		return
 	expect_eq "$CUT_STATUS" 503 "the write whose connection was cut"
 	wait_for "grep -F 'request_id=it-cut-post ' '$STACK_WORKER_LOG' | grep -q 'status=503'" 5
 	grep -F 'retrying on a fresh connection' "$STACK_WORKER_LOG" | grep -qF 'request_id=it-cut-post'
 	expect_eq "$?" 1 "no retry logged for the write"
-	wait_for "[[ \$(pg_admin_sql \"SELECT count(*) FROM app.todos WHERE title = '$RELAY_TITLE'\") == 1 ]]" 5
-	expect_eq "$?" 0 "its row committed once (rows: $(pg_admin_sql "SELECT count(*) FROM app.todos WHERE title = '$RELAY_TITLE'"))"
+	wait_for "[[ \$(relay_rows) == 1 ]]" 5
+	expect_eq "$?" 0 "its row committed once (rows: $(relay_rows))"
 	cut_under_statement "$cfg" "$port" GET /api/it-slow-read it-cut-get || return
 	wait_for "grep -F 'retrying on a fresh connection' '$STACK_WORKER_LOG' | grep -qF 'request_id=it-cut-get'" 5
 	expect_eq "$?" 0 "the read is retried on a fresh connection (answered $CUT_STATUS)"
+}
+
+# An administrator ends the session while a write runs (pg_terminate_backend):
+# PostgreSQL answers 57P01 in place of the statement's answer and rolls it
+# back, so the write runs again on a fresh connection: 201, a retry
+# logged, and its row exists once.
+test_terminated_write_runs_again() {
+	local cfg=$STACK_DIR/it-db-recovery-slow.json out=$IT_TMP/term.status curl_pid
+	slow_routes_config "$cfg" || return
+	worker_restart "$cfg" >/dev/null || return
+	http GET '/api/todos?limit=1'
+	expect_status 200 || return
+	curl -s -o /dev/null -w '%{http_code}' --max-time 30 -X POST -H 'X-Request-Id: it-term-post' \
+		-H 'Content-Type: application/json' --data "{\"title\":\"$RELAY_TITLE\"}" \
+		"$LAKEBASE_URL/api/it-slow-insert" >"$out" &
+	curl_pid=$!
+	wait_for "[[ \$(sleeping_backends) == 1 ]]" 5
+	expect_eq "$?" 0 "the statement is running" || { wait "$curl_pid"; return 1; }
+	pg_admin_sql "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE application_name = '${PGAPPNAME:-lakebase-fcgi}' AND state = 'active'
+		AND query LIKE '%pg_sleep(1)%'" >/dev/null
+	wait "$curl_pid"
+	expect_eq "$(cat "$out")" 201 "the write, run again"
+	grep -F 'retrying on a fresh connection' "$STACK_WORKER_LOG" | grep -qF 'request_id=it-term-post'
+	expect_eq "$?" 0 "a retry logged for it"
+	expect_eq "$(relay_rows)" 1 "its row exists once"
 }
 
 # --- PostgreSQL down ----------------------------------------------------------------------
@@ -229,6 +267,8 @@ run_test "connections terminated by the server: next requests all 200" \
 	test_terminated_connections_are_replaced_without_a_failed_request
 run_test "connection cut under a statement: the write is 503 and not run again, the read is retried" \
 	test_lost_connection_retries_reads_not_writes
+run_test "session ended by an administrator under a write (57P01): run again, 201, one row" \
+	test_terminated_write_runs_again
 run_test "50 parallel requests: all 200, never more than $POOL_MAX connections" \
 	test_burst_of_50_never_exceeds_pool_max
 run_test "idle connections closed after pool.idle_timeout_ms (1.5 s)" \
