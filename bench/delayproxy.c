@@ -66,6 +66,16 @@ die(const char *what)
 	exit(1);
 }
 
+/* Every socket here: no Nagle delay of its own, never blocking the loop. */
+static void
+socket_tune(int fd)
+{
+	int one = 1;
+
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+}
+
 static int
 loopback_socket(int port, bool listening)
 {
@@ -83,8 +93,7 @@ loopback_socket(int port, bool listening)
 		close(fd);
 		return -1;
 	}
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+	socket_tune(fd);
 	return fd;
 }
 
@@ -107,7 +116,7 @@ pair_close(struct pair *p)
 static void
 accept_one(int listener, int to_port)
 {
-	int client = accept(listener, NULL, NULL), server, i, one = 1;
+	int client = accept(listener, NULL, NULL), server, i;
 
 	if (client < 0)
 		return;
@@ -118,8 +127,7 @@ accept_one(int listener, int to_port)
 		close(client);
 		return;
 	}
-	setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	fcntl(client, F_SETFL, fcntl(client, F_GETFL) | O_NONBLOCK);
+	socket_tune(client);
 	pairs[i] = (struct pair){ .used = true,
 				  .d = { { .from = client, .to = server }, { .from = server, .to = client } } };
 }
