@@ -119,22 +119,37 @@ test_idle_connections_closed_after_idle_timeout() {
 # --- a connection lost under its statement ---------------------------------------------------
 
 RELAY_PID=$STACK_DIR/it-relay.pid
-RELAY_TITLE='it-db-recovery: lost connection'
+SLOW_TITLE='it-db-recovery: interrupted write'
+# The worker's backends running one of the 1 s routes below.
+SLEEPING="application_name = '${PGAPPNAME:-lakebase-fcgi}' AND state = 'active'
+	AND query LIKE '%pg_sleep(1)%'"
 
 stop_relay() {
 	stop_pid "$RELAY_PID" 5 KILL
 }
 
-delete_relay_rows() {
-	pg_admin_sql "DELETE FROM app.todos WHERE title = '$RELAY_TITLE'" >/dev/null
+slow_rows() {
+	pg_admin_sql "SELECT count(*) FROM app.todos WHERE title = '$SLOW_TITLE'"
+}
+
+delete_slow_rows() {
+	pg_admin_sql "DELETE FROM app.todos WHERE title = '$SLOW_TITLE'" >/dev/null
+}
+
+sleeping_backends() {
+	pg_admin_sql "SELECT count(*) FROM pg_stat_activity WHERE $SLEEPING"
+}
+
+terminate_sleeping_backends() {
+	pg_admin_sql "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE $SLEEPING" >/dev/null
 }
 
 # slow_routes_config CONFIG: the worker's config with a 1 s INSERT
 # (POST /api/it-slow-insert, title in the body) and a 1 s read (GET
-# /api/it-slow-read); no row of RELAY_TITLE left from before.
+# /api/it-slow-read); no row of SLOW_TITLE left from before.
 slow_routes_config() {
-	at_exit delete_relay_rows
-	delete_relay_rows
+	at_exit delete_slow_rows
+	delete_slow_rows
 	worker_config_derive "$1" '.routes += [
 		{ method: "POST", path: "/api/it-slow-insert", auth: "service-principal",
 		  sql: "INSERT INTO app.todos (title) SELECT :title FROM pg_catalog.pg_sleep(1) RETURNING id",
@@ -143,33 +158,26 @@ slow_routes_config() {
 		  sql: "SELECT true AS slept FROM pg_catalog.pg_sleep(1)", result: "one" }]'
 }
 
-relay_rows() {
-	pg_admin_sql "SELECT count(*) FROM app.todos WHERE title = '$RELAY_TITLE'"
-}
-
-# relay_port: a free loopback port for tcp_relay.pl.
+# relay_port: a free loopback port for tcp_relay.pl, below the kernel's
+# ephemeral range (32768 and up here), where an outgoing connection of the
+# worker's or PostgreSQL's may hold a port that nothing listens on.
 relay_port() {
 	local port
-	for ((port = 54340; port < 54360; port++)); do
+	for ((port = 18090; port < 18100; port++)); do
 		port_in_use "$port" || { echo "$port"; return 0; }
 	done
 	return 1
 }
 
-# cut_under_statement CONFIG PORT METHOD PATH REQUEST_ID [BODY]: the worker
-# with CONFIG reaches PostgreSQL through tcp_relay.pl on PORT; after one
-# request has left a connection idle in the pool, METHOD PATH (a 1 s
-# statement) runs on it, and the relay is killed while the statement
-# runs. Sets CUT_STATUS to the request's HTTP status.
-cut_under_statement() {
-	local cfg=$1 port=$2 method=$3 path=$4 rid=$5 body=${6:-} out=$IT_TMP/cut.status curl_pid
+# interrupt_statement INTERRUPT METHOD PATH REQUEST_ID [BODY]: on the
+# running worker, one request leaves a connection idle in the pool; then
+# METHOD PATH (a 1 s statement) runs on it, and INTERRUPT (a command) runs
+# while the statement does. Sets STATUS to the request's HTTP status.
+interrupt_statement() {
+	local interrupt=$1 method=$2 path=$3 rid=$4 body=${5:-} out=$IT_TMP/interrupted.status curl_pid
 	local -a data=()
 	[[ -n $body ]] && data=(-H 'Content-Type: application/json' --data "$body")
-	CUT_STATUS=
-	start_bg relay "$RELAY_PID" "$STACK_DIR/it-relay.log" \
-		perl "$(dirname "${BASH_SOURCE[0]}")/tcp_relay.pl" "$port" "$STACK_PG_PORT" >/dev/null || return
-	wait_for "port_in_use $port" 5 || return
-	PGPORT=$port worker_restart "$cfg" >/dev/null || return
+	STATUS=
 	http GET '/api/todos?limit=1'
 	expect_status 200 || return
 	curl -s -o /dev/null -w '%{http_code}' --max-time 30 -X "$method" -H "X-Request-Id: $rid" \
@@ -177,19 +185,34 @@ cut_under_statement() {
 	curl_pid=$!
 	wait_for "[[ \$(sleeping_backends) == 1 ]]" 5
 	expect_eq "$?" 0 "the statement is running" || { wait "$curl_pid"; return 1; }
-	stop_relay
+	$interrupt
 	wait "$curl_pid"
-	CUT_STATUS=$(cat "$out")
-	# Its backend notices the loss only when it answers: the next tests
-	# count the worker's connections.
+	STATUS=$(cat "$out")
+	# A backend whose client is gone notices only when it answers: the
+	# next tests count the worker's connections.
 	wait_for "[[ \$(sleeping_backends) == 0 ]]" 5
-	expect_eq "$?" 0 "the cut statement's backend has ended"
+	expect_eq "$?" 0 "the interrupted statement's backend has ended"
 }
 
-# sleeping_backends: the worker's backends running a route's 1 s sleep.
-sleeping_backends() {
-	pg_admin_sql "SELECT count(*) FROM pg_stat_activity WHERE application_name = '${PGAPPNAME:-lakebase-fcgi}'
-		AND state = 'active' AND query LIKE '%pg_sleep(1)%'"
+# cut_under_statement CONFIG PORT METHOD PATH REQUEST_ID [BODY]: as
+# interrupt_statement, with the worker reaching PostgreSQL through
+# tcp_relay.pl on PORT, and the relay killed under the statement.
+cut_under_statement() {
+	local cfg=$1 port=$2
+	shift 2
+	start_bg relay "$RELAY_PID" "$STACK_DIR/it-relay.log" \
+		perl "$(dirname "${BASH_SOURCE[0]}")/tcp_relay.pl" "$port" "$STACK_PG_PORT" >/dev/null
+	wait_for "port_in_use $port" 5
+	expect_eq "$?" 0 "the relay listens on $port" || return
+	PGPORT=$port worker_restart "$cfg" >/dev/null
+	expect_eq "$?" 0 "the worker starts, through the relay" || return
+	interrupt_statement stop_relay "$@"
+}
+
+# retry_logged REQUEST_ID: the worker logged a retry for that request. The
+# log outlives test runs: request ids here end in this run's PID.
+retry_logged() {
+	grep -F 'retrying on a fresh connection' "$STACK_WORKER_LOG" | grep -qE "request_id=$1( |\$)"
 }
 
 # The worker's connection to PostgreSQL cut while a statement runs: no
@@ -203,17 +226,17 @@ test_lost_connection_retries_reads_not_writes() {
 	port=$(relay_port) || { expect_eq no-port port "a free port for the relay"; return; }
 	at_exit stop_relay
 	slow_routes_config "$cfg" || return
-	cut_under_statement "$cfg" "$port" POST /api/it-slow-insert it-cut-post "{\"title\":\"$RELAY_TITLE\"}" ||
+	cut_under_statement "$cfg" "$port" POST /api/it-slow-insert it-cut-post-$$ "{\"title\":\"$SLOW_TITLE\"}" ||
 		return
-	expect_eq "$CUT_STATUS" 503 "the write whose connection was cut"
-	wait_for "grep -F 'request_id=it-cut-post ' '$STACK_WORKER_LOG' | grep -q 'status=503'" 5
-	grep -F 'retrying on a fresh connection' "$STACK_WORKER_LOG" | grep -qF 'request_id=it-cut-post'
+	expect_eq "$STATUS" 503 "the write whose connection was cut"
+	wait_for "grep -F 'request_id=it-cut-post-$$ ' '$STACK_WORKER_LOG' | grep -q 'status=503'" 5
+	retry_logged it-cut-post-$$
 	expect_eq "$?" 1 "no retry logged for the write"
-	wait_for "[[ \$(relay_rows) == 1 ]]" 5
-	expect_eq "$?" 0 "its row committed once (rows: $(relay_rows))"
-	cut_under_statement "$cfg" "$port" GET /api/it-slow-read it-cut-get || return
-	wait_for "grep -F 'retrying on a fresh connection' '$STACK_WORKER_LOG' | grep -qF 'request_id=it-cut-get'" 5
-	expect_eq "$?" 0 "the read is retried on a fresh connection (answered $CUT_STATUS)"
+	wait_for "[[ \$(slow_rows) == 1 ]]" 5
+	expect_eq "$?" 0 "its row committed once (rows: $(slow_rows))"
+	cut_under_statement "$cfg" "$port" GET /api/it-slow-read it-cut-get-$$ || return
+	wait_for "retry_logged it-cut-get-$$" 5
+	expect_eq "$?" 0 "the read is retried on a fresh connection (answered $STATUS)"
 }
 
 # An administrator ends the session while a write runs (pg_terminate_backend):
@@ -221,25 +244,16 @@ test_lost_connection_retries_reads_not_writes() {
 # back, so the write runs again on a fresh connection: 201, a retry
 # logged, and its row exists once.
 test_terminated_write_runs_again() {
-	local cfg=$STACK_DIR/it-db-recovery-slow.json out=$IT_TMP/term.status curl_pid
+	local cfg=$STACK_DIR/it-db-recovery-slow.json
 	slow_routes_config "$cfg" || return
-	worker_restart "$cfg" >/dev/null || return
-	http GET '/api/todos?limit=1'
-	expect_status 200 || return
-	curl -s -o /dev/null -w '%{http_code}' --max-time 30 -X POST -H 'X-Request-Id: it-term-post' \
-		-H 'Content-Type: application/json' --data "{\"title\":\"$RELAY_TITLE\"}" \
-		"$LAKEBASE_URL/api/it-slow-insert" >"$out" &
-	curl_pid=$!
-	wait_for "[[ \$(sleeping_backends) == 1 ]]" 5
-	expect_eq "$?" 0 "the statement is running" || { wait "$curl_pid"; return 1; }
-	pg_admin_sql "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-		WHERE application_name = '${PGAPPNAME:-lakebase-fcgi}' AND state = 'active'
-		AND query LIKE '%pg_sleep(1)%'" >/dev/null
-	wait "$curl_pid"
-	expect_eq "$(cat "$out")" 201 "the write, run again"
-	grep -F 'retrying on a fresh connection' "$STACK_WORKER_LOG" | grep -qF 'request_id=it-term-post'
+	worker_restart "$cfg" >/dev/null
+	expect_eq "$?" 0 "the worker starts" || return
+	interrupt_statement terminate_sleeping_backends POST /api/it-slow-insert it-term-post-$$ \
+		"{\"title\":\"$SLOW_TITLE\"}" || return
+	expect_eq "$STATUS" 201 "the write, run again"
+	retry_logged it-term-post-$$
 	expect_eq "$?" 0 "a retry logged for it"
-	expect_eq "$(relay_rows)" 1 "its row exists once"
+	expect_eq "$(slow_rows)" 1 "its row exists once"
 }
 
 # --- PostgreSQL down ----------------------------------------------------------------------
