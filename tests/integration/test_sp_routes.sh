@@ -326,6 +326,24 @@ start_worker_with_probe_routes() {
 	worker_restart "$cfg"
 }
 
+# note_session: the SP session that sequential requests use (they take
+# the most recently returned connection), and the worker's count of
+# connections closed as broken, for expect_same_session.
+note_session() {
+	SESSION_BROKEN=$(closed_total broken)
+	http GET /api/it-pid
+	expect_status 200 || return
+	SESSION_PID=$(jq -r .pid "$HTTP_BODY_FILE")
+}
+
+# expect_same_session: the session noted answers still, and the worker
+# closed no connection as broken since.
+expect_same_session() {
+	http GET /api/it-pid
+	expect_body "{\"pid\":$SESSION_PID}"
+	expect_eq "$(closed_total broken)" "$SESSION_BROKEN" "connections closed as broken"
+}
+
 # A route's first use on a connection sends its prepare and its execution
 # together (one round trip). A prepare the server refuses (a table that does
 # not exist) skips the execution: 500, and the statement is not remembered as
@@ -336,14 +354,10 @@ start_worker_with_probe_routes() {
 # requests take the most recently returned connection) answers throughout,
 # and the worker closes none.
 test_first_use_errors_keep_the_connection() {
-	local pid broken0
-	pg_admin_sql "DROP TABLE IF EXISTS app.it_prepare_later" >/dev/null 2>&1 || return
+	drop_prepare_later || return
 	at_exit drop_prepare_later
 	start_worker_with_probe_routes || return
-	broken0=$(closed_total broken)
-	http GET /api/it-pid
-	expect_status 200 || return
-	pid=$(jq -r .pid "$HTTP_BODY_FILE")
+	note_session || return
 	http GET /api/it-later
 	expect_error 500 internal_error "The query failed."
 	http GET /api/it-later
@@ -358,13 +372,11 @@ test_first_use_errors_keep_the_connection() {
 	http GET /api/it-later
 	expect_status 200 || return
 	expect_body '[{"n":7}]'
-	http GET /api/it-pid
-	expect_body "{\"pid\":$pid}"
-	expect_eq "$(closed_total broken)" "$broken0" "connections closed as broken"
+	expect_same_session
 }
 
 drop_prepare_later() {
-	pg_admin_sql "DROP TABLE IF EXISTS app.it_prepare_later" >/dev/null
+	pg_admin_sql "DROP TABLE IF EXISTS app.it_prepare_later" >/dev/null 2>&1
 }
 
 # The session's statement_timeout follows each route's, sent in the same
@@ -375,12 +387,8 @@ drop_prepare_later() {
 # setting it does not undo it, so the next one, sent without a SET, ends
 # at 500 ms too. One session throughout.
 test_statement_timeout_follows_the_route() {
-	local pid broken0
 	start_worker_with_probe_routes || return
-	broken0=$(closed_total broken)
-	http GET /api/it-pid
-	expect_status 200 || return
-	pid=$(jq -r .pid "$HTTP_BODY_FILE")
+	note_session || return
 	http GET '/api/slow?s=0.8'
 	expect_error 504 timeout
 	http GET '/api/todos?limit=1'
@@ -396,9 +404,7 @@ test_statement_timeout_follows_the_route() {
 	expect_error 504 timeout
 	http GET '/api/slow?s=0.1'
 	expect_status 200
-	http GET /api/it-pid
-	expect_body "{\"pid\":$pid}"
-	expect_eq "$(closed_total broken)" "$broken0" "connections closed as broken"
+	expect_same_session
 }
 
 # Route statements are prepared once per connection. A schema change that
