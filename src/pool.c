@@ -1341,7 +1341,8 @@ static const char *
 release_problem(struct pool_conn *conn, bool broken, time_t now)
 {
 	if (broken || conn->server_error || PQstatus(conn->pg) != CONNECTION_OK ||
-	    PQtransactionStatus(conn->pg) != PQTRANS_IDLE || PQpipelineStatus(conn->pg) != PQ_PIPELINE_OFF)
+	    PQtransactionStatus(conn->pg) != PQTRANS_IDLE ||
+	    PQpipelineStatus(conn->pg) != PQ_PIPELINE_OFF)
 		return "broken";
 	if (now >= conn->cred_expires_at)
 		return "expired_credential";

@@ -63,8 +63,9 @@ int conn_budget_used(struct conn_budget *budget);
  * closes), it closes the idle connection of the coldest pool that served
  * a single request lately (never a regular one), and waits for its
  * backend to exit. While first requests close connections on their own
- * path (several at a time), it stands aside. Returns when conn_budget_stop_keeper is called, or at
- * once for a budget that keeps no unit free. Not for the host-wide cap.
+ * path (several at a time), it stands aside. Returns when
+ * conn_budget_stop_keeper is called, or at once for a budget that keeps
+ * no unit free. Not for the host-wide cap.
  */
 void conn_budget_keep_unit_free(struct conn_budget *budget);
 /* Budgets of 16 units or more keep one free; under 16 one unit is too
