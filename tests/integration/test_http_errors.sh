@@ -214,11 +214,13 @@ test_statement_timeout_57014_is_504() {
 }
 
 test_permission_denied_42501_is_403_without_details() {
-	http GET /api/forbidden -H 'X-Request-Id: it-42501'
+	# The id is this run's own: the worker log is kept across runs.
+	local rid=it-42501-$$
+	http GET /api/forbidden -H "X-Request-Id: $rid"
 	expect_error 403 forbidden || return
 	[[ $HTTP_BODY != *pg_authid* && $HTTP_BODY != *permission* ]]
 	expect_eq "$?" 0 "the database's message stays out of the body"
-	wait_for "grep -F 'request_id=it-42501 ' '$STACK_WORKER_LOG' | grep -F 'sqlstate=42501'" 5
+	wait_for "grep -F 'request_id=$rid ' '$STACK_WORKER_LOG' | grep -F 'sqlstate=42501'" 5
 	expect_eq "$?" 0 "the log has the SQLSTATE"
 }
 
