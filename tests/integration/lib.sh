@@ -310,6 +310,18 @@ expect_error() {
 	fi
 }
 
+# --- logs ------------------------------------------------------------------------------
+
+# log_mark FILE: its current size, for log_since.
+log_mark() {
+	stat -c %s "$1" 2>/dev/null || echo 0
+}
+
+# log_since FILE MARK: what FILE gained after MARK.
+log_since() {
+	tail -c +"$(($2 + 1))" "$1" 2>/dev/null
+}
+
 # --- the emulator --------------------------------------------------------------------------
 
 # emu_counter JQ: prints `jq -r JQ` of the emulator's counters, e.g.

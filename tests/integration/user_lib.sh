@@ -102,16 +102,6 @@ expect_no_rows_of() {
 
 # --- logs ------------------------------------------------------------------------------
 
-# log_mark FILE: its current size, for log_since.
-log_mark() {
-	stat -c %s "$1" 2>/dev/null || echo 0
-}
-
-# log_since FILE MARK: what FILE gained after MARK.
-log_since() {
-	tail -c +"$(($2 + 1))" "$1" 2>/dev/null
-}
-
 # worker_log_line RID: the worker's log line for that request (bounded wait:
 # the line is written after the response).
 worker_log_line() {
