@@ -17,6 +17,7 @@
  * the execution (PGRES_PIPELINE_ABORTED), so nothing ran.
  */
 #include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "statement.h"
@@ -178,6 +179,23 @@ pipeline_answer(struct pipeline *p)
 	return answer;
 }
 
+/* Records that conn's session has route number index's statement; a
+ * failure (out of memory) leaves it to be prepared again, and met as
+ * 42P05, next time. */
+static void
+remember_prepared(struct pool_conn *conn, size_t index)
+{
+#ifdef LB_TEST_HOOKS
+	/* LAKEBASE_TEST_FORGET_PREPARED=1 (test builds): every such record
+	 * fails, so that each use of a route on a connection meets 42P05. */
+	const char *forget = getenv("LAKEBASE_TEST_FORGET_PREPARED");
+
+	if (forget != NULL && strcmp(forget, "1") == 0)
+		return;
+#endif
+	(void)pool_conn_mark_prepared(conn, index);
+}
+
 /*
  * Sends what the session lacks with the execution, in one round trip. A
  * statement the session already has (42P05: one this connection failed to
@@ -196,7 +214,7 @@ execute_pipelined(struct pool_conn *conn, const struct call *c, size_t index, bo
 	if (succeeded(p.res[CMD_TIMEOUT]))
 		pool_conn_set_statement_timeout(conn, timeout == 0 ? -1 : timeout);
 	if (succeeded(p.res[CMD_PREPARE]) || already)
-		(void)pool_conn_mark_prepared(conn, index);	/* else 42P05 next time */
+		remember_prepared(conn, index);
 	if (!(idle && already))
 		return pipeline_answer(&p);
 	PQclear(pipeline_answer(&p));

@@ -305,9 +305,10 @@ test_route_defined_only_in_config() {
 	expect_header Cache-Control no-store
 }
 
-# A worker with four more SP routes: the session's backend PID, a table
-# the tests create late, a division, and a sleep without a statement
-# timeout (the session's default).
+# start_worker_with_probe_routes [NAME=VALUE...]: a worker, with that
+# environment, and four more SP routes: the session's backend PID, a
+# table the tests create late, a division, and a sleep without a
+# statement timeout (the session's default).
 start_worker_with_probe_routes() {
 	local cfg=$STACK_DIR/it-sp-routes-probes.json
 	worker_config_derive "$cfg" '.routes += [
@@ -323,7 +324,8 @@ start_worker_with_probe_routes() {
 		  params: { s: { in: "query", type: "numeric", required: true, min: 0, max: 10 } },
 		  result: "one" }]' || return
 	at_exit restore_worker
-	worker_restart "$cfg"
+	# shellcheck disable=SC2163 # the arguments are NAME=VALUE words
+	( (($#)) && export "$@"; worker_restart "$cfg" )
 }
 
 # note_session: the SP session that sequential requests use (they take
@@ -372,6 +374,34 @@ test_first_use_errors_keep_the_connection() {
 	http GET /api/it-later
 	expect_status 200 || return
 	expect_body '[{"n":7}]'
+	expect_same_session
+}
+
+# A statement the session has but its connection failed to record (out
+# of memory; the test hook LAKEBASE_TEST_FORGET_PREPARED=1 makes every such
+# record fail) is prepared again on the route's next use, and PostgreSQL
+# refuses that prepare (42P05, "already exists"): the worker takes the
+# statement as prepared and executes it by name. Each request is 200 with
+# its row, PostgreSQL logs the refusals (so the path ran), and the one
+# session answers throughout.
+test_statement_the_connection_forgot_is_executed_by_name() {
+	local mark
+	if ! grep -q LAKEBASE_TEST_FORGET_PREPARED "$STACK_WORKER_BIN"; then
+		skip "a forgotten prepared statement" "the worker was built without --enable-test-hooks"
+		return 0
+	fi
+	start_worker_with_probe_routes LAKEBASE_TEST_FORGET_PREPARED=1 || return
+	note_session || return
+	mark=$(log_mark "$STACK_PG_LOG")
+	for _ in 1 2 3; do
+		http GET "/api/todos/$ID1"
+		expect_status 200 || return
+		expect_body '{"id":"00000000-0000-4000-8000-000000000001","title":"alice: buy milk","done":false}'
+	done
+	# The first use prepared it; the two after met 42P05.
+	wait_for "(( \$(log_since '$STACK_PG_LOG' $mark | grep -c 'prepared statement \"lb_route[0-9]*\" already exists') >= 2 ))" 5
+	expect_eq "$(log_since "$STACK_PG_LOG" "$mark" | grep -c 'prepared statement "lb_route[0-9]*" already exists')" 2 \
+		"42P05 refusals in PostgreSQL's log"
 	expect_same_session
 }
 
@@ -431,6 +461,8 @@ run_test "a result type changed by ALTER TABLE: the statement is prepared again,
 	test_result_type_change_is_prepared_again
 run_test "first use: a refused prepare is 500 and not remembered, a refused execution 400; one connection throughout" \
 	test_first_use_errors_keep_the_connection
+run_test "a prepared statement the connection forgot: 42P05 is taken as prepared, 200 by name; one connection" \
+	test_statement_the_connection_forgot_is_executed_by_name
 run_test "statement_timeout follows the route: 500 ms, 5 s, the default, 500 ms again; one connection" \
 	test_statement_timeout_follows_the_route
 run_test "rows: ?limit=1 and ?limit=2 cut the list" test_list_limit_query_parameter
