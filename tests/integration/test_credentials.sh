@@ -154,9 +154,9 @@ test_busy_connection_renewed_without_a_login_on_the_request_path() {
 	short_lifetime_stack 12 busy-renew '.credentials.refresh_margin_ms = 6000 | .user_pool.max = 1 | .log_level = "debug"
 		| .routes += [{ "method": "GET", "path": "/api/my/slow", "auth": "on-behalf-of-user",
 				"sql": "SELECT true AS slept FROM pg_catalog.pg_sleep(0.2)", "params": {}, "result": "one" }]' || return
-	mark=$(stat -c %s "$STACK_WORKER_LOG")
+	mark=$(log_mark "$STACK_WORKER_LOG")
 	read -r requests failed < <(two_clients 15 "$out" /api/my/slow /api/my/slow)
-	tail -c +"$((mark + 1))" "$STACK_WORKER_LOG" >"$out.log"
+	log_since "$STACK_WORKER_LOG" "$mark" >"$out.log"
 	logins=$(grep -c 'msg="pool connection opened" pool=user:' "$out.log")
 	renewed=$(grep -c 'msg="pool connection closed" pool=user:[0-9a-f]* reason=renewed' "$out.log")
 	expired=$(closed_total expired_credential)
@@ -180,13 +180,13 @@ test_refused_second_connection_renews_in_place() {
 	local out=$STACK_DIR/it-conn-limit.out deadline mark refused renewed expired requests failed
 	short_lifetime_stack 12 conn-limit '.credentials.refresh_margin_ms = 6000 | .user_pool.max = 1' || return
 	pg_admin_sql 'ALTER ROLE "alice@example.com" CONNECTION LIMIT 1' >/dev/null || return
-	mark=$(stat -c %s "$STACK_WORKER_LOG")
+	mark=$(log_mark "$STACK_WORKER_LOG")
 	deadline=$(awk -v n="$(now_s)" 'BEGIN { printf "%.3f", n + 15 }')
 	alice_get_until "$deadline" /api/my/todos 0.2 >"$out"
 	pg_admin_sql 'ALTER ROLE "alice@example.com" CONNECTION LIMIT -1' >/dev/null
 	requests=$(wc -l <"$out")
 	failed=$(grep -cv '^200$' "$out")
-	refused=$(tail -c +"$((mark + 1))" "$STACK_WORKER_LOG" |
+	refused=$(log_since "$STACK_WORKER_LOG" "$mark" |
 		grep -c 'msg="pool connection renewal failed[^"]*" pool=user:')
 	renewed=$(closed_total renewed)
 	expired=$(closed_total expired_credential)
@@ -212,14 +212,14 @@ test_refused_renewal_credential_is_replaced() {
 	local out=$STACK_DIR/it-superseded.out mark refused logins renewed expired requests failed
 	short_lifetime_stack 12 superseded \
 		'.credentials.refresh_margin_ms = 6000 | .user_pool.max = 1 | .log_level = "debug"' || return
-	mark=$(stat -c %s "$STACK_WORKER_LOG")
+	mark=$(log_mark "$STACK_WORKER_LOG")
 	# Each pool logs in with its first credential before the fault is queued.
 	expect_eq "$(user_todos alice | cut -d' ' -f1)" 200 "alice's first request" || return
 	expect_eq "$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$LAKEBASE_URL/api/todos?limit=1")" 200 \
 		"the SP's first request" || return
 	emu_fault '{"supersede": true, "path": "/api/2.0/postgres/credentials"}'
 	read -r requests failed < <(two_clients 16 "$out" '/api/todos?limit=1' /api/my/todos 0.2)
-	tail -c +"$((mark + 1))" "$STACK_WORKER_LOG" >"$out.log"
+	log_since "$STACK_WORKER_LOG" "$mark" >"$out.log"
 	refused=$(grep -c 'msg="pool connection renewal failed' "$out.log")
 	logins=$(grep -c 'msg="pool connection opened"' "$out.log")
 	renewed=$(closed_total renewed)
