@@ -105,6 +105,7 @@ void
 strbuf_reset(struct strbuf *sb)
 {
 	sb->len = 0;
+	sb->failed = false;	/* what failed is gone: e.g. an error body replaces a result too big */
 	if (sb->data != NULL)
 		sb->data[0] = '\0';
 }

@@ -41,7 +41,7 @@ void strbuf_append_str(struct strbuf *sb, const char *s);
 void strbuf_append_uint(struct strbuf *sb, unsigned long long v);
 void strbuf_appendf(struct strbuf *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 bool strbuf_failed(const struct strbuf *sb);
-void strbuf_reset(struct strbuf *sb);        /* len = 0, keeps memory */
+void strbuf_reset(struct strbuf *sb);        /* len = 0, not failed, keeps memory */
 /* Drops everything after the first `len` bytes (no-op if shorter). */
 void strbuf_truncate(struct strbuf *sb, size_t len);
 /* Appends to the strbuf `sb`: usable as a yajl_print_t, so a yajl_gen

@@ -61,6 +61,12 @@ test_append_uint_and_grow(void)
 	CU_ASSERT_STRING_EQUAL(sb.data, "0 200 18446744073709551615");
 	CU_ASSERT_FALSE(strbuf_grow(&sb, (size_t)-1));   /* cannot: the buffer fails */
 	CU_ASSERT_TRUE(strbuf_failed(&sb));
+	/* A reset starts over: an error body can replace a result that failed. */
+	strbuf_reset(&sb);
+	CU_ASSERT_FALSE(strbuf_failed(&sb));
+	strbuf_append_str(&sb, "{}");
+	CU_ASSERT_FALSE(strbuf_failed(&sb));
+	CU_ASSERT_STRING_EQUAL(sb.data, "{}");
 	strbuf_free(&sb, false);
 }
 
