@@ -260,27 +260,47 @@ stdio_read(void *ctx, char *buf, int n)
 	return got > 0 ? (int)got : (ferror((FILE *)ctx) ? -1 : 0);
 }
 
+/* Makes room in req->body for more of a body of at most limit bytes:
+ * all of it when its length is known, else doubling from 4 KiB. */
+static int
+body_make_room(struct http_request *req, size_t *cap, size_t limit, bool known,
+	       struct lb_error *err)
+{
+	size_t want = known ? limit : (*cap == 0 ? 4096 : *cap * 2);
+	char *p;
+
+	if (want > limit)
+		want = limit;
+	p = realloc(req->body, want + 1);
+	if (p == NULL)
+		return lb_error_set(err, LB_ERR_INTERNAL, "Out of memory.", "body allocation of %zu bytes", want);
+	req->body = p;
+	*cap = want;
+	return 0;
+}
+
+/*
+ * Reads the body: Content-Length bytes, or without a length up to the
+ * limit plus one byte (to detect excess). A body without a length grows
+ * as it arrives, so a GET, which has none, costs 4 KiB and not the limit.
+ */
 static int
 read_body(body_read_fn read_fn, void *in, long max_body, struct http_request *req, struct lb_error *err)
 {
 	long want = req->content_length;
-	size_t cap;
+	size_t limit = (size_t)(want > 0 ? want : max_body + 1), cap = 0;
 	int n;
 
 	if (want == 0)
 		return 0;
-	/* Without a length, read up to the limit plus one byte to detect excess. */
-	cap = (size_t)(want > 0 ? want : max_body + 1);
-	req->body = malloc(cap + 1);
-	if (req->body == NULL)
-		return lb_error_set(err, LB_ERR_INTERNAL, "Out of memory.", "body allocation of %zu bytes", cap);
-	while (req->body_len < cap) {
+	do {
+		if (req->body_len == cap && body_make_room(req, &cap, limit, want > 0, err) != 0)
+			return -1;
 		n = read_fn(in, req->body + req->body_len,
 			    (int)(cap - req->body_len > 65536 ? 65536 : cap - req->body_len));
-		if (n <= 0)
-			break;
-		req->body_len += (size_t)n;
-	}
+		if (n > 0)
+			req->body_len += (size_t)n;
+	} while (n > 0 && req->body_len < limit);
 	req->body[req->body_len] = '\0';
 	if (want > 0 && req->body_len != (size_t)want)
 		return lb_error_set(err, LB_ERR_BAD_REQUEST, "The request body is incomplete.",

@@ -139,6 +139,49 @@ test_fill_defaults_and_fallbacks(void)
 	request_free(&req);
 }
 
+/* request_from_cgi over a body of n bytes 'x' without a Content-Length. */
+static int
+fill_unsized(size_t n, long max_body, struct http_request *req, struct lb_error *err)
+{
+	const char *env[] = { "REQUEST_METHOD=POST", "REQUEST_URI=/x", "CONTENT_LENGTH=", NULL };
+	char *body = malloc(n);
+	FILE *in;
+	int rc = -1;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(body);
+	memset(body, 'x', n);
+	in = fmemopen(body, n, "r");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(in);
+	lb_error_clear(err);
+	rc = request_from_cgi((char **)env, in, max_body, req, err);
+	fclose(in);
+	free(body);
+	return rc;
+}
+
+/* Without a length the body grows as it arrives (from 4 KiB), up to the
+ * limit inclusive; one byte more is 413. */
+static void
+test_fill_body_without_a_length(void)
+{
+	struct http_request req;
+	struct lb_error err;
+
+	CU_ASSERT_EQUAL_FATAL(fill_unsized(70000, 70000, &req, &err), 0);
+	CU_ASSERT_EQUAL(req.content_length, -1);
+	CU_ASSERT_EQUAL(req.body_len, 70000);
+	CU_ASSERT_EQUAL(req.body[0], 'x');
+	CU_ASSERT_EQUAL(req.body[69999], 'x');
+	CU_ASSERT_EQUAL(req.body[70000], '\0');
+	request_free(&req);
+	CU_ASSERT_EQUAL(fill_unsized(70001, 70000, &req, &err), -1);
+	CU_ASSERT_EQUAL(err.code, LB_ERR_PAYLOAD_TOO_LARGE);
+	request_free(&req);
+	CU_ASSERT_EQUAL_FATAL(fill_unsized(4096, 1 << 30, &req, &err), 0);
+	CU_ASSERT_EQUAL(req.body_len, 4096);
+	request_free(&req);
+}
+
 static int
 compare_ids(const void *a, const void *b)
 {
@@ -210,6 +253,7 @@ register_request_tests(void)
 	CU_add_test(s, "headers: several in one pass", test_headers_in_one_pass);
 	CU_add_test(s, "fill: every parameter, the first occurrence wins", test_fill_from_params);
 	CU_add_test(s, "fill: defaults, SCRIPT_NAME + PATH_INFO, bad lengths", test_fill_defaults_and_fallbacks);
+	CU_add_test(s, "fill: a body without a length, up to the limit inclusive", test_fill_body_without_a_length);
 	CU_add_test(s, "request ids: 32 hex, unique per thread, across threads, after fork",
 		    test_request_ids_unique);
 }
