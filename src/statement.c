@@ -131,15 +131,46 @@ read_command(PGconn *pg, PGresult **keep)
 	return PQstatus(pg) != CONNECTION_BAD;
 }
 
-/* A Sync's result; libpq sends no NULL after it. */
-static bool
-read_sync(PGconn *pg)
+/* A failure that ended a command after its own result: it replaces that
+ * result if it was a success, else the command's own error stays. */
+static void
+keep_failure(PGresult **answer, PGresult *failure)
 {
-	PGresult *res = PQgetResult(pg);
-	bool ok = PQresultStatus(res) == PGRES_PIPELINE_SYNC;
+	if (*answer == NULL || succeeded(*answer)) {
+		PQclear(*answer);
+		*answer = failure;
+	} else {
+		PQclear(failure);
+	}
+}
 
+/*
+ * Reads a Sync's results into the answer of the command before it. The
+ * Sync commits that command's implicit transaction, and a commit can fail
+ * (a deferred constraint, a serialization failure): libpq then gives the
+ * error, a NULL, and the Sync. That error is the answer: the command's
+ * own success was rolled back. Returns whether the Sync was reached; if
+ * not (the connection lost), a success is no answer either, since nobody
+ * knows whether it was committed.
+ */
+static bool
+read_sync(PGconn *pg, PGresult **answer)
+{
+	PGresult *res = PQgetResult(pg), *more = NULL;
+	bool reached;
+
+	if (res != NULL && PQresultStatus(res) != PGRES_PIPELINE_SYNC) {
+		keep_failure(answer, res);
+		res = read_command(pg, &more) && more == NULL ? PQgetResult(pg) : NULL;
+		PQclear(more);
+	}
+	reached = PQresultStatus(res) == PGRES_PIPELINE_SYNC;
 	PQclear(res);
-	return ok;
+	if (!reached && *answer != NULL && succeeded(*answer)) {
+		PQclear(*answer);
+		*answer = NULL;
+	}
+	return reached;
 }
 
 /* Reads every result the pipeline sent asked for, in order, and leaves
@@ -147,11 +178,12 @@ read_sync(PGconn *pg)
 static bool
 pipeline_read(PGconn *pg, struct pipeline *p)
 {
-	if (p->sent[CMD_TIMEOUT] && (!read_command(pg, &p->res[CMD_TIMEOUT]) || !read_sync(pg)))
+	if (p->sent[CMD_TIMEOUT] &&
+	    (!read_command(pg, &p->res[CMD_TIMEOUT]) || !read_sync(pg, &p->res[CMD_TIMEOUT])))
 		return false;
 	if (p->sent[CMD_PREPARE] && !read_command(pg, &p->res[CMD_PREPARE]))
 		return false;
-	if (!read_command(pg, &p->res[CMD_EXECUTE]) || !read_sync(pg))
+	if (!read_command(pg, &p->res[CMD_EXECUTE]) || !read_sync(pg, &p->res[CMD_EXECUTE]))
 		return false;
 	return PQexitPipelineMode(pg) == 1;
 }

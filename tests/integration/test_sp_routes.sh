@@ -306,9 +306,10 @@ test_route_defined_only_in_config() {
 }
 
 # start_worker_with_probe_routes [NAME=VALUE...]: a worker, with that
-# environment, and four more SP routes: the session's backend PID, a
-# table the tests create late, a division, and a sleep without a
-# statement timeout (the session's default).
+# environment, and five more SP routes: the session's backend PID, a
+# table the tests create late, a division, a sleep without a statement
+# timeout (the session's default), and an INSERT into a table whose key
+# is checked at commit.
 start_worker_with_probe_routes() {
 	local cfg=$STACK_DIR/it-sp-routes-probes.json
 	worker_config_derive "$cfg" '.routes += [
@@ -322,7 +323,10 @@ start_worker_with_probe_routes() {
 		{ method: "GET", path: "/api/it-sleep-untimed", auth: "service-principal",
 		  sql: "SELECT true AS slept FROM pg_catalog.pg_sleep(:s)",
 		  params: { s: { in: "query", type: "numeric", required: true, min: 0, max: 10 } },
-		  result: "one" }]' || return
+		  result: "one" },
+		{ method: "POST", path: "/api/it-deferred", auth: "service-principal",
+		  sql: "INSERT INTO app.it_deferred (k) VALUES (:k) RETURNING k",
+		  params: { k: { in: "query", type: "int", required: true } }, result: "one" }]' || return
 	at_exit restore_worker
 	# shellcheck disable=SC2163 # the arguments are NAME=VALUE words
 	( (($#)) && export "$@"; worker_restart "$cfg" )
@@ -405,6 +409,37 @@ test_statement_the_connection_forgot_is_executed_by_name() {
 	expect_same_session
 }
 
+# A write whose commit fails is that failure, not a success. The key of
+# app.it_deferred is checked at commit (DEFERRABLE INITIALLY DEFERRED), so
+# the INSERT itself succeeds and PostgreSQL refuses the duplicate when the
+# implicit transaction commits, after the statement's result: on the
+# route's first use (prepare and execution in one round trip, the commit's
+# error at its Sync) and again by name. Both are 409, the duplicate is not
+# in the table, a new key is 201, and the session answers throughout.
+test_write_refused_at_commit_is_409() {
+	drop_deferred || return
+	at_exit drop_deferred
+	pg_admin_sql "CREATE TABLE app.it_deferred (k int UNIQUE DEFERRABLE INITIALLY DEFERRED);
+		INSERT INTO app.it_deferred VALUES (1); GRANT SELECT, INSERT ON app.it_deferred TO PUBLIC" \
+		>/dev/null || return
+	start_worker_with_probe_routes || return
+	note_session || return
+	http POST '/api/it-deferred?k=1'
+	expect_error 409 conflict
+	http POST '/api/it-deferred?k=1'
+	expect_error 409 conflict
+	http POST '/api/it-deferred?k=2'
+	expect_status 201 || return
+	expect_body '{"k":2}'
+	expect_eq "$(pg_admin_sql "SELECT string_agg(k::text, ',' ORDER BY k) FROM app.it_deferred")" "1,2" \
+		"the table's keys"
+	expect_same_session
+}
+
+drop_deferred() {
+	pg_admin_sql "DROP TABLE IF EXISTS app.it_deferred" >/dev/null 2>&1
+}
+
 drop_prepare_later() {
 	pg_admin_sql "DROP TABLE IF EXISTS app.it_prepare_later" >/dev/null 2>&1
 }
@@ -463,6 +498,8 @@ run_test "first use: a refused prepare is 500 and not remembered, a refused exec
 	test_first_use_errors_keep_the_connection
 run_test "a prepared statement the connection forgot: 42P05 is taken as prepared, 200 by name; one connection" \
 	test_statement_the_connection_forgot_is_executed_by_name
+run_test "a write refused at commit (a deferred key) is 409 on first use and by name, and not stored" \
+	test_write_refused_at_commit_is_409
 run_test "statement_timeout follows the route: 500 ms, 5 s, the default, 500 ms again; one connection" \
 	test_statement_timeout_follows_the_route
 run_test "rows: ?limit=1 and ?limit=2 cut the list" test_list_limit_query_parameter
