@@ -1564,8 +1564,11 @@ enum placed { PLACED_NOWHERE, PLACED_REPLACING, PLACED_ADDED, PLACED_PARKED };
 /*
  * With the lock held: a renewal's new connection takes the place of the
  * idle due connection whose credential expires first (*replaced, to close),
- * else a free slot of the pool, else parks for a busy due connection to be
- * returned (pool_release). A retired pool takes nothing.
+ * else parks for a busy due connection to be returned (pool_release). Only
+ * when no busy connection waits for a replacement (pool->asked: its own
+ * went away meanwhile) does it take a free slot of the pool: else each
+ * pass would add one more beside the busy one, up to the pool's max, each
+ * a login and a budget unit. A retired pool takes nothing.
  */
 static enum placed
 place_fresh_locked(struct pool *pool, struct pool_conn *fresh, time_t now, struct pool_conn **replaced)
@@ -1582,7 +1585,7 @@ place_fresh_locked(struct pool *pool, struct pool_conn *fresh, time_t now, struc
 		pool->idle[i] = fresh;
 		return PLACED_REPLACING;
 	}
-	if (may_open_connection(pool)) {
+	if (atomic_load_explicit(&pool->asked, memory_order_relaxed) == 0 && may_open_connection(pool)) {
 		pool->open++;
 		pool->idle[pool->nidle++] = fresh;
 		serve_waiters_locked(pool);
@@ -1613,6 +1616,8 @@ settle_spare(struct pool *pool)
 	pthread_mutex_unlock(&pool->lock);
 	if (spare != NULL && placed == PLACED_NOWHERE)
 		close_replaced(pool, spare, pool->retired ? "evicted" : "idle");
+	if (placed == PLACED_ADDED)
+		budget_notify(pool->budget);
 	if (replaced != NULL)
 		close_replaced(pool, replaced, "renewed");
 	return placed == PLACED_REPLACING;
@@ -1698,13 +1703,16 @@ renew_login_first(struct pool *pool, const struct pool_source *source, const str
 		close_replaced(pool, fresh, "evicted");
 	else
 		log_debug("pool connection renewal logged in", "pool", pool->label);
+	if (placed == PLACED_ADDED)
+		budget_notify(pool->budget);
 	if (replaced != NULL)
 		close_replaced(pool, replaced, "renewed");
 	return placed;
 }
 
 /* Puts a connection back idle in its place by last use (idle[0] is the
- * least recently used), as if the maintenance never took it. */
+ * least recently used), as if the maintenance never took it; a request
+ * waiting for a budget unit meanwhile is woken to take it instead. */
 static void
 put_back_idle(struct pool *pool, struct pool_conn *conn)
 {
@@ -1718,6 +1726,7 @@ put_back_idle(struct pool *pool, struct pool_conn *conn)
 	pool->busy--;
 	serve_waiters_locked(pool);
 	pthread_mutex_unlock(&pool->lock);
+	budget_notify(pool->budget);
 }
 
 /*

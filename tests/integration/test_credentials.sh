@@ -170,6 +170,39 @@ test_busy_connection_renewed_without_a_login_on_the_request_path() {
 	emulator_with "$STACK_EMU_CONFIG"
 }
 
+# A busy connection due for renewal gets one replacement, parked until it
+# is returned, even when its pool has room for more: one client keeps
+# alice's one connection busy (0.2 s statements, one after another) in a
+# pool of up to 3. Before, each maintenance pass added the replacement
+# beside the busy connection and logged in again for it, up to the pool's
+# max: alice ended with 3 connections. Now 1, renewed, none expired.
+test_busy_connection_gets_one_replacement() {
+	local out=$STACK_DIR/it-one-replacement.out deadline mark renewed logged_in expired requests failed conns
+	short_lifetime_stack 12 one-replacement '.credentials.refresh_margin_ms = 6000 | .user_pool.max = 3 | .log_level = "debug"
+		| .routes += [{ "method": "GET", "path": "/api/my/slow", "auth": "on-behalf-of-user",
+				"sql": "SELECT true AS slept FROM pg_catalog.pg_sleep(0.2)", "params": {}, "result": "one" }]' || return
+	mark=$(log_mark "$STACK_WORKER_LOG")
+	deadline=$(awk -v n="$(now_s)" 'BEGIN { printf "%.3f", n + 15 }')
+	alice_get_until "$deadline" /api/my/slow >"$out"
+	requests=$(wc -l <"$out")
+	failed=$(grep -cv '^200$' "$out")
+	log_since "$STACK_WORKER_LOG" "$mark" >"$out.log"
+	logged_in=$(grep -c 'msg="pool connection renewal logged in" pool=user:' "$out.log")
+	renewed=$(grep -c 'msg="pool connection closed" pool=user:[0-9a-f]* reason=renewed' "$out.log")
+	expired=$(closed_total expired_credential)
+	conns=$(pg_admin_sql "SELECT count(*) FROM pg_stat_activity WHERE usename = 'alice@example.com'
+		AND application_name = '${PGAPPNAME:-lakebase-fcgi}'")
+	printf '       %d requests; renewal logins %s, connections renewed %s, expired %s; alice has %s\n' \
+		"$requests" "$logged_in" "$renewed" "$expired" "$conns"
+	expect_eq "$failed" 0 "every request 200"
+	expect_ge "$requests" 40 "the client kept the connection busy (>= 40 requests of 0.2 s)"
+	expect_ge "$renewed" 1 "alice's connection was renewed"
+	expect_eq "$logged_in" "$renewed" "renewal logins: one per connection renewed"
+	expect_eq "$conns" 1 "alice's connections at the end"
+	expect_eq "$expired" 0 "no connection reached its credential's expiry"
+	emulator_with "$STACK_EMU_CONFIG"
+}
+
 # A role whose CONNECTION LIMIT refuses the renewal's second connection:
 # the failed login pauses the pool's renewals and makes it renew in place
 # (close, then log in again), so the refusal costs one login and one log
@@ -442,6 +475,8 @@ run_test "a user's connections are renewed before their 8 s credential expires: 
 	test_user_connections_renewed_before_expiry
 run_test "a busy user connection is renewed with no login on the request path (max 1, never idle)" \
 	test_busy_connection_renewed_without_a_login_on_the_request_path
+run_test "a busy connection due for renewal in a pool with room gets one replacement, not one per pass" \
+	test_busy_connection_gets_one_replacement
 run_test "a role's connection limit refusing the renewal's second connection: renewed in place, no retry storm" \
 	test_refused_second_connection_renews_in_place
 run_test "a renewal login refused as stale drops the credential: one refusal, renewed, none expired" \
