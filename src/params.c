@@ -31,6 +31,8 @@
  * limit (128).
  */
 #define BODY_MAX_DEPTH 64
+/* How yajl_get_error begins when a callback cancelled the parse. */
+#define YAJL_CANCELLED "parse error: client cancelled"
 
 static int
 out_of_memory(struct lb_error *err)
@@ -583,8 +585,10 @@ parse_body(const char *body, size_t len, yajl_val *tree, struct lb_error *err)
 	*tree = yajl_tree_parse(copy, errbuf, sizeof(errbuf));
 	free(copy);
 	if (*tree == NULL) {
-		/* yajl_tree's callbacks cancel the parse only when out of memory. */
-		if (errbuf[0] == '\0' || strstr(errbuf, "cancel") != NULL)
+		/* yajl_tree's callbacks cancel the parse only when out of memory.
+		 * The message's start says so: after it yajl quotes the input. */
+		if (errbuf[0] == '\0' ||
+		    strncmp(errbuf, YAJL_CANCELLED, sizeof(YAJL_CANCELLED) - 1) == 0)
 			return out_of_memory(err);
 		return invalid_body(err);
 	}
