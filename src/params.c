@@ -274,13 +274,24 @@ convert_uuid(const struct param_def *def, const char *text, struct lb_error *err
 	return out;
 }
 
+/* Longer timestamps are refused: PostgreSQL refuses fractions of more
+ * than 128 digits, and microseconds are all it keeps. */
+#define TIMESTAMPTZ_MAX_LEN 64
+/* PostgreSQL's largest zone offset: 15:59 (hours above are 22009). */
+#define TIMESTAMPTZ_MAX_OFFSET_HOURS 15
+
 /* RFC 3339, as PostgreSQL's timestamptz input accepts it unambiguously. */
 static bool
 is_rfc3339(const char *s)
 {
+	size_t len = strlen(s);
 	time_t t;
 
-	return parse_rfc3339(s, &t) == 0;
+	if (len > TIMESTAMPTZ_MAX_LEN || parse_rfc3339(s, &t) != 0)
+		return false;
+	/* It ends in 'Z' or an offset "+HH:MM". */
+	return s[len - 1] == 'Z' || s[len - 1] == 'z' ||
+	       (s[len - 5] - '0') * 10 + (s[len - 4] - '0') <= TIMESTAMPTZ_MAX_OFFSET_HOURS;
 }
 
 static char *
