@@ -1390,12 +1390,12 @@ pool_release(struct pool *pool, struct pool_conn *conn, bool broken)
 	if (conn == NULL)
 		return;
 	problem = release_problem(conn, broken, now);
-	if (problem == NULL && pool->retired)
-		problem = "evicted";
 	if (problem == NULL && close_for_renewal(pool, conn))
 		problem = "renewed";
 	now_ms = clock_monotonic_ms();
 	pthread_mutex_lock(&pool->lock);
+	if (problem == NULL && pool->retired)	/* under the lock: pool_retire may run now */
+		problem = "evicted";
 	pool->heat = heat_at_locked(pool, now_ms) + 1;
 	pool->heat_ms = now_ms;
 	spare = spare_for_locked(pool, conn, now);
