@@ -393,14 +393,20 @@ unpin_all(struct userpools *up, struct user_entry **entries, int n)
 #define MAX_RETIRE_AT_ONCE 16
 
 /*
- * The token of `e` is proven: retire the email's pools for other tokens.
- * They leave the table at once; their idle connections close now (pinned
- * here, so they cannot be freed meanwhile) and busy ones when returned.
+ * The token of `e` is proven: retire the email's pools for other tokens but
+ * the most recently used proven one. Rotation leaves the old token's pool to the
+ * next rotation (or to the idle reaping), while a user with two live tokens
+ * (two devices) keeps both pools: retiring the other one would make each
+ * switch between them a login and close the other's connections.
+ * The retired leave the table at once; their idle connections close now
+ * (pinned here, so they cannot be freed meanwhile) and busy ones when
+ * returned.
  */
 static void
 mark_proven(struct userpools *up, struct user_entry *e)
 {
 	struct user_entry *retire[MAX_RETIRE_AT_ONCE], *o, *next;
+	bool kept_one = false;
 	int n = 0;
 
 	pthread_mutex_lock(&up->lock);
@@ -413,6 +419,10 @@ mark_proven(struct userpools *up, struct user_entry *e)
 		next = o->lru_next;
 		if (o == e || strcmp(o->email, e->email) != 0)
 			continue;
+		if (!kept_one && o->proven) {	/* the list runs from the most recently used */
+			kept_one = true;
+			continue;
+		}
 		table_remove(up, o);
 		o->refs++;
 		retire[n++] = o;

@@ -5,8 +5,9 @@
  * token that proved it. A token never gets a connection opened with another
  * token's credential: a new token for a known email gets its own pool, whose
  * first connection is minted with that token and logged in with it. Once
- * that login succeeds, the email's pools for older tokens are retired: their
- * idle connections close at once, busy ones when returned.
+ * that login succeeds, the email's pools for other tokens are retired but
+ * the most recently used one (two live tokens, two devices, keep theirs):
+ * their idle connections close at once, busy ones when returned.
  *
  * Bounds: cfg->max_user_pools pools (the least recently used unused pool is
  * dropped to make room), cfg->user_pool.max connections per pool, and the

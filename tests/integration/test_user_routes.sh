@@ -259,12 +259,24 @@ run_test "X-Forwarded-Access-Token twice: 400" dup_case - \
 
 # --- token rotation --------------------------------------------------------------------
 
+# pids_not_in A B: the PIDs of list A that are not in list B.
+pids_not_in() {
+	local p out=()
+	for p in $1; do [[ " $2 " == *" $p "* ]] || out+=("$p"); done
+	echo "${out[*]}"
+}
+
+# Token 2 for alice proves itself with its own mint and login; token 1's
+# pool stays (the most recently used other token: a user's two devices).
+# The two alternate on their own connections, no login, no mint. Token 3
+# then retires token 1's pool, the oldest: its connections drain while
+# token 2's and 3's remain.
 test_token_rotation() {
-	local old_pids new_pids p alice_mints
+	local pids1 pids2 pids12 pids123 alice_mints token
 	as_user GET /api/my/todos "$ALICE" alice-token-1
 	expect_status 200 || return
-	old_pids=$(pg_worker_pids "$ALICE")
-	[[ -n $old_pids ]] || { _assert_result 1 "token 1 has a connection" "none in pg_stat_activity"; return 1; }
+	pids1=$(pg_worker_pids "$ALICE")
+	[[ -n $pids1 ]] || { _assert_result 1 "token 1 has a connection" "none in pg_stat_activity"; return 1; }
 	alice_mints=$(emu_counter ".mints[\"$ALICE\"] // 0")
 
 	as_user GET /api/my/todos "$ALICE" alice-token-2
@@ -272,28 +284,38 @@ test_token_rotation() {
 	expect_body "$SEED_ALICE_JSON"
 	expect_private
 	expect_eq "$(emu_counter ".mints[\"$ALICE\"] // 0")" $((alice_mints + 1)) "token 2 was proven by its own mint"
+	pids12=$(pg_worker_pids "$ALICE")
+	pids2=$(pids_not_in "$pids12" "$pids1")
+	expect_eq "$(pids_not_in "$pids1" "$pids12")" "" "token 1's connections stay"
+	[[ -n $pids2 ]] || { _assert_result 1 "token 2 has a connection of its own" "alice: $pids12"; return 1; }
 
-	# Drained: none of token 1's backends remain; token 2's do.
+	for token in alice-token-1 alice-token-2 alice-token-1 alice-token-2; do
+		as_user GET /api/my/todos "$ALICE" "$token"
+		expect_status 200
+		expect_body "$SEED_ALICE_JSON"
+	done
+	expect_eq "$(pg_worker_pids "$ALICE")" "$pids12" "two live tokens alternate on their own connections"
+	expect_eq "$(emu_counter ".mints[\"$ALICE\"] // 0")" $((alice_mints + 1)) "and mint nothing"
+
+	as_user GET /api/my/todos "$ALICE" alice-token-3
+	expect_status 200 || return
+	expect_body "$SEED_ALICE_JSON"
 	# shellcheck disable=SC2317 # called through wait_for
-	old_gone() {
-		local now
+	token1_gone() {
+		local now p
 		now=$(pg_worker_pids "$ALICE")
-		for p in $old_pids; do [[ " $now " == *" $p "* ]] && return 1; done
-		[[ -n $now ]]
+		for p in $pids1; do [[ " $now " == *" $p "* ]] && return 1; done
+		return 0
 	}
-	if wait_for old_gone 5; then
-		_assert_result 0 "token 1's connections ($old_pids) drained, token 2's remain"
-	else
-		_assert_result 1 "token 1's connections ($old_pids) drained, token 2's remain" \
-			"after 5 s: $(pg_worker_pids "$ALICE")"
-	fi
-	new_pids=$(pg_worker_pids "$ALICE")
+	wait_for token1_gone 5
+	expect_eq "$?" 0 "token 1's connections ($pids1) drained once token 3 proved"
+	pids123=$(pg_worker_pids "$ALICE")
+	expect_eq "$(pids_not_in "$pids2" "$pids123")" "" "token 2's connections stay"
 	as_user GET /api/my/todos "$ALICE" alice-token-2
 	expect_status 200
-	expect_body "$SEED_ALICE_JSON"
-	expect_eq "$(pg_worker_pids "$ALICE")" "$new_pids" "token 2 reuses its own pool"
+	expect_eq "$(pg_worker_pids "$ALICE")" "$pids123" "token 2 reuses its own pool"
 }
-run_test "token rotation: a new token works, old connections are drained" test_token_rotation
+run_test "token rotation: two live tokens keep their pools; a third retires the oldest" test_token_rotation
 
 # --- a user without a role ---------------------------------------------------------------
 
