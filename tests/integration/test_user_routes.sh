@@ -273,6 +273,8 @@ pids_not_in() {
 # token 2's and 3's remain.
 test_token_rotation() {
 	local pids1 pids2 pids12 pids123 alice_mints token
+	# A new worker: alice's pools of earlier runs would hold other tokens.
+	users_worker_restart "$USERS_NORMAL_WORKER_CONFIG" || return
 	as_user GET /api/my/todos "$ALICE" alice-token-1
 	expect_status 200 || return
 	pids1=$(pg_worker_pids "$ALICE")
