@@ -434,9 +434,10 @@ check_minted(const struct minted *m, struct lb_error *err)
 
 /*
  * Publishes the outcome of a refresh (lock held) and wakes the waiters.
- * Nothing is published when the claim was taken over meanwhile.
+ * Nothing is published when the claim was taken over meanwhile. Returns
+ * rc, or -1 (mint_err set) when the slot could not take the credential.
  */
-static void
+static int
 publish(struct credcache *cc, const struct target *t, uint64_t claim_id, int rc,
 	struct minted *m, struct lb_error *mint_err, struct refresh_report *report)
 {
@@ -448,16 +449,14 @@ publish(struct credcache *cc, const struct target *t, uint64_t claim_id, int rc,
 	if (!shm_claim_is(cc->shm, index, claim_id)) {
 		log_warn("credential cache: a refresh ended after its claim was taken over; "
 			 "its result is dropped", "identity", kind_label(t->kind));
-		return;
+		return rc;
 	}
-	if (rc == 0)
-		rc = check_minted(m, mint_err);
 	had_one = sl->mint_count > 0;	/* not this slot's first credential: a refresh */
 	shm_begin_write(cc->shm, index);
 	shm_claim_release(cc->shm, index);
 	sl->generation++;
 	if (rc == 0 && store_minted(cc, t, m, mint_err) != 0)
-		rc = -1;	/* not reached: checked above */
+		rc = -1;	/* not reached: check_minted ran before */
 	if (rc == 0) {
 		count_outcome(cc, t->kind, true);
 		if (had_one)
@@ -481,6 +480,7 @@ publish(struct credcache *cc, const struct target *t, uint64_t claim_id, int rc,
 	}
 	shm_end_write(cc->shm);
 	shm_wake_all(cc->shm);
+	return rc;
 }
 
 static void
@@ -661,7 +661,9 @@ mint(struct credcache *cc, const struct target *t, bool need_role, struct minted
 
 /*
  * The claimer's work, the lock held on entry and on return but released
- * around the workspace calls: mints and publishes the outcome.
+ * around the workspace calls: mints and publishes the outcome. A value the
+ * cache refuses (check_minted) fails the claimer as it fails the waiters:
+ * it is never handed out, published or not.
  */
 static int
 mint_claimed(struct credcache *cc, const struct target *t, uint64_t claim_id, struct minted *m,
@@ -676,10 +678,11 @@ mint_claimed(struct credcache *cc, const struct target *t, uint64_t claim_id, st
 	lb_error_clear(mint_err);
 	started_ms = clock_monotonic_ms();
 	rc = mint(cc, t, need_role, m, mint_err);
+	if (rc == 0)
+		rc = check_minted(m, mint_err);
 	metrics_refresh_duration((long long)(clock_monotonic_ms() - started_ms) * 1000);
 	shm_lock(cc->shm);
-	publish(cc, t, claim_id, rc, m, mint_err, report);
-	return rc;
+	return publish(cc, t, claim_id, rc, m, mint_err, report);
 }
 
 /*
