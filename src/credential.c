@@ -1192,6 +1192,44 @@ configured_sp_role(const struct lb_config *cfg)
 	return NULL;
 }
 
+/*
+ * What the segment's contents belong to: SHA-256 over the workspace host,
+ * the Lakebase endpoint, the database and the SP's identity (its client id,
+ * or the fingerprint of its static token: never a secret itself). Another
+ * deployment sharing the file must not take this one's credentials (slot 0,
+ * the M2M token, the SP's SCIM role) as its own. 0, or -1 (err set).
+ */
+static int
+deployment_key(const struct lb_config *cfg, unsigned char key[SHM_OWNER_LEN],
+	       struct lb_error *err)
+{
+	const char *fields[] = { "lakebase-fcgi deployment 1", cfg->databricks_host,
+				 cfg->lakebase_endpoint, cfg->pg_database,
+				 cfg->static_token != NULL ? "token" : "client",
+				 cfg->static_token != NULL ? NULL : cfg->client_id };
+	unsigned char token_fp[TOKEN_FP_LEN];
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	bool ok = ctx != NULL && EVP_DigestInit_ex2(ctx, EVP_sha256(), NULL) == 1;
+
+	/* Each field with its NUL: ("ab", "c") and ("a", "bc") differ. */
+	for (size_t i = 0; ok && i < sizeof(fields) / sizeof(fields[0]); i++) {
+		const char *f = fields[i] != NULL ? fields[i] : "";
+
+		ok = EVP_DigestUpdate(ctx, f, strlen(f) + 1) == 1;
+	}
+	if (ok && cfg->static_token != NULL) {
+		token_fingerprint(cfg->static_token, token_fp);
+		ok = EVP_DigestUpdate(ctx, token_fp, sizeof(token_fp)) == 1;
+	}
+	ok = ok && EVP_DigestFinal_ex(ctx, key, NULL) == 1;
+	EVP_MD_CTX_free(ctx);
+	OPENSSL_cleanse(token_fp, sizeof(token_fp));
+	if (!ok)
+		return lb_error_fail(err, LB_ERR_INTERNAL, LB_PERMANENT, MSG_INTERNAL,
+				     "cannot compute the credential cache's deployment key");
+	return 0;
+}
+
 static bool
 is_eager_setting(const char *value, bool fallback)
 {
@@ -1203,6 +1241,7 @@ is_eager_setting(const char *value, bool fallback)
 struct credcache *
 credcache_create(const struct lb_config *cfg, struct workspace_client *ws, struct lb_error *err)
 {
+	unsigned char owner[SHM_OWNER_LEN];
 	struct credcache *cc;
 	const char *role;
 	long connect_ms, total_ms;
@@ -1235,8 +1274,10 @@ credcache_create(const struct lb_config *cfg, struct workspace_client *ws, struc
 		oom(err);
 		return NULL;
 	}
-	cc->shm = shm_attach(cfg->cache_path, cfg->cache_slots > 0 ? (uint32_t)cfg->cache_slots : 4096,
-			     true, CACHE_KEY, err);
+	if (deployment_key(cfg, owner, err) == 0)
+		cc->shm = shm_attach(cfg->cache_path,
+				     cfg->cache_slots > 0 ? (uint32_t)cfg->cache_slots : 4096,
+				     true, owner, CACHE_KEY, err);
 	if (cc->shm == NULL) {
 		free(cc->sp_role);
 		free(cc);
@@ -1420,7 +1461,7 @@ credcache_print_status(const struct lb_config *cfg, FILE *out)
 
 	lb_error_clear(&err);
 	s = shm_attach(cfg->cache_path, cfg->cache_slots > 0 ? (uint32_t)cfg->cache_slots : 4096,
-		       false, CACHE_KEY, &err);
+		       false, NULL, CACHE_KEY, &err);
 	if (s == NULL) {
 		fprintf(stderr, "lakebase-fcgi: %s\n", err.detail);
 		return 1;

@@ -8,8 +8,9 @@
  *
  * credcache_acquire() returns a credential valid now, minting or refreshing
  * it when it is missing or within refresh_margin_ms of expiry. The cache is
- * shared by every process of the host (a file-backed shared-memory segment,
- * credential_cache.path; see shm.h): concurrent callers for one identity,
+ * shared by every process of the host's deployment (a file-backed
+ * shared-memory segment, credential_cache.path, keyed to the deployment;
+ * see shm.h): concurrent callers for one identity,
  * in any process, share one mint (single flight), so each identity is
  * minted once per lifetime per host. When a refresh fails but the current
  * credential has not yet expired, the current one is served (and the

@@ -32,7 +32,7 @@
 #define MSG_INTERNAL		"Internal error."
 #define ATTACH_TIMEOUT_MS	10000	/* waiting for another process's initialisation */
 #define ATTACH_POLL_MS		10
-#define INCOMPATIBLE_CHECKS	3	/* seen in use this many times before refusing */
+#define IN_USE_CHECKS		3	/* unusable and in use this many times: refuse */
 #define INIT_MAGIC		"LBFCGIC"	/* 7 bytes: a segment being initialised */
 
 struct shm {
@@ -55,7 +55,8 @@ struct layout {
 	uint64_t total;
 };
 
-enum seg_state { SEG_EMPTY, SEG_OK, SEG_INCOMPATIBLE, SEG_FOREIGN };
+/* SEG_OTHER_OWNER: a sound segment holding another deployment's credentials. */
+enum seg_state { SEG_EMPTY, SEG_OK, SEG_INCOMPATIBLE, SEG_OTHER_OWNER, SEG_FOREIGN };
 
 static const char *const counter_names[SHM_COUNTER__COUNT] = {
 	[SHM_MINTS_OK_SP] = "mints_ok_sp",
@@ -817,9 +818,10 @@ all_zero(const void *p, size_t n)
 	return true;
 }
 
-/* What the file holds. `why` explains SEG_INCOMPATIBLE. */
+/* What the file holds, for `owner` (NULL: any). `why` explains
+ * SEG_INCOMPATIBLE. */
 static enum seg_state
-classify(int fd, char *why, size_t whylen)
+classify(int fd, const unsigned char *owner, char *why, size_t whylen)
 {
 	struct shm_header h;
 	struct layout l;
@@ -862,6 +864,8 @@ classify(int fd, char *why, size_t whylen)
 			 (long long)st.st_size);
 		return SEG_INCOMPATIBLE;
 	}
+	if (owner != NULL && CRYPTO_memcmp(h.owner, owner, SHM_OWNER_LEN) != 0)
+		return SEG_OTHER_OWNER;
 	return SEG_OK;
 }
 
@@ -883,7 +887,8 @@ wipe_file(int fd)
 
 /* Initialises the file (LOCK_EX held) as an empty segment of n slots. */
 static int
-initialise(int fd, uint32_t nslots, const char *key, const char *path, struct lb_error *err)
+initialise(int fd, uint32_t nslots, const unsigned char *owner, const char *key, const char *path,
+	   struct lb_error *err)
 {
 	pthread_mutexattr_t attr;
 	struct shm_header *h;
@@ -913,6 +918,8 @@ initialise(int fd, uint32_t nslots, const char *key, const char *path, struct lb
 	h->secrets_offset = l.secrets_offset;
 	h->created_at = (int64_t)time(NULL);
 	h->writing_slot = -1;
+	if (owner != NULL)
+		memcpy(h->owner, owner, SHM_OWNER_LEN);
 	if (RAND_bytes(h->seed, (int)sizeof(h->seed)) != 1) {
 		munmap(base, (size_t)l.total);
 		return attach_fail(err, key, path, "no randomness for the index seed");
@@ -1012,6 +1019,11 @@ refuse_state(enum seg_state state, const char *why, bool in_use, const char *key
 				   "to another file)", key);
 	if (state == SEG_EMPTY)
 		return attach_fail(err, key, path, "is not initialised (no worker has created it)");
+	if (state == SEG_OTHER_OWNER)
+		return attach_fail(err, key, path, "holds the credentials of another deployment "
+				   "(another workspace host, Lakebase endpoint, database or service "
+				   "principal) whose processes are running; give each deployment its "
+				   "own %s", key);
 	return attach_fail(err, key, path, "is a credential cache with %s%s; stop the processes "
 			   "using it (or set %s to another file)", why,
 			   in_use ? " and is in use by other processes" : "", key);
@@ -1022,17 +1034,17 @@ refuse_state(enum seg_state state, const char *why, bool in_use, const char *key
  * process in (LOCK_EX won) initialises or recreates; the others wait for it.
  */
 static int
-lock_and_prepare(int fd, uint32_t nslots, bool create, const char *key, const char *path,
-		 struct lb_error *err)
+lock_and_prepare(int fd, uint32_t nslots, bool create, const unsigned char *owner, const char *key,
+		 const char *path, struct lb_error *err)
 {
 	int64_t deadline = clock_monotonic_ms() + ATTACH_TIMEOUT_MS;
 	enum seg_state state;
 	char why[160] = "";
-	int seen_incompatible = 0;
+	int seen_in_use = 0;
 
 	for (;;) {
 		if (create && flock(fd, LOCK_EX | LOCK_NB) == 0) {
-			state = classify(fd, why, sizeof(why));
+			state = classify(fd, owner, why, sizeof(why));
 			if (state == SEG_FOREIGN) {
 				flock(fd, LOCK_UN);
 				return refuse_state(state, why, false, key, path, err);
@@ -1040,21 +1052,27 @@ lock_and_prepare(int fd, uint32_t nslots, bool create, const char *key, const ch
 			if (state == SEG_INCOMPATIBLE)
 				log_warn("credential cache: recreating a segment of another layout "
 					 "(no process uses it)", "path", path, "was", why);
-			if (state != SEG_OK && initialise(fd, nslots, key, path, err) != 0) {
+			if (state == SEG_OTHER_OWNER)
+				log_warn("credential cache: recreating a segment of another deployment "
+					 "(no process uses it)", "path", path);
+			if (state != SEG_OK && initialise(fd, nslots, owner, key, path, err) != 0) {
 				flock(fd, LOCK_UN);
 				return -1;
 			}
 			flock(fd, LOCK_SH);	/* a downgrade; another process may slip in: harmless */
-			if (classify(fd, why, sizeof(why)) == SEG_OK)
+			if (classify(fd, owner, why, sizeof(why)) == SEG_OK)
 				return 0;
 			flock(fd, LOCK_UN);
 		} else if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
-			state = classify(fd, why, sizeof(why));
+			state = classify(fd, owner, why, sizeof(why));
 			if (state == SEG_OK)
 				return 0;
 			flock(fd, LOCK_UN);
+			/* Unusable, and held: maybe only for a moment by another
+			 * process's attach, so look a few times before refusing. */
 			if (state == SEG_FOREIGN || !create ||
-			    (state == SEG_INCOMPATIBLE && ++seen_incompatible >= INCOMPATIBLE_CHECKS))
+			    ((state == SEG_INCOMPATIBLE || state == SEG_OTHER_OWNER) &&
+			     ++seen_in_use >= IN_USE_CHECKS))
 				return refuse_state(state, why, create, key, path, err);
 		}
 		/* Someone initialises (LOCK_EX), or holds it incompatible: look again. */
@@ -1066,7 +1084,8 @@ lock_and_prepare(int fd, uint32_t nslots, bool create, const char *key, const ch
 }
 
 struct shm *
-shm_attach(const char *path, uint32_t nslots, bool create, const char *key, struct lb_error *err)
+shm_attach(const char *path, uint32_t nslots, bool create, const unsigned char *owner,
+	   const char *key, struct lb_error *err)
 {
 	struct shm *s;
 	struct stat st;
@@ -1085,7 +1104,7 @@ shm_attach(const char *path, uint32_t nslots, bool create, const char *key, stru
 	if (fd < 0)
 		return NULL;
 	if (check_file(fd, key, path, err) != 0 ||
-	    lock_and_prepare(fd, nslots, create, key, path, err) != 0) {
+	    lock_and_prepare(fd, nslots, create, owner, key, path, err) != 0) {
 		close(fd);
 		return NULL;
 	}

@@ -16,7 +16,10 @@
  * holds LOCK_SH while attached, so nobody ever sees a half-initialised
  * segment. A segment of another layout is recreated when no process holds
  * it, and refused while one does; a file that is not a segment at all is
- * always refused (it may be someone else's data).
+ * always refused (it may be someone else's data). The same holds for a
+ * segment of another deployment (another owner key, see shm_attach): its
+ * credentials are not this deployment's, so it is recreated empty when
+ * unused and refused while in use.
  *
  * Locking: one process-shared robust mutex guards everything except the
  * wake word. When a process dies holding it, the next locker recovers: the
@@ -42,10 +45,11 @@
 #include "error.h"
 
 #define SHM_MAGIC		"LBFCGIC\x01"	/* 8 bytes, no NUL needed */
-#define SHM_LAYOUT_VERSION	3	/* 2: the metrics area; 3: close reason "renewed" */
+#define SHM_LAYOUT_VERSION	4	/* 2: the metrics area; 3: close reason "renewed"; 4: owner */
 #define SHM_EMAIL_MAX		63	/* a Postgres role name: NAMEDATALEN - 1 */
 #define SHM_ROLE_MAX		63
 #define SHM_FP_LEN		32	/* SHA-256 of the workspace token */
+#define SHM_OWNER_LEN		32	/* the deployment key (see shm_attach) */
 #define SHM_SECRET_CAP		4096	/* bytes of one credential or token */
 #define SHM_MAX_PROCS		1024	/* processes counted by the host budget */
 #define SHM_SLOT_SP		0
@@ -168,6 +172,7 @@ struct shm_header {
 	uint64_t secrets_offset;
 	int64_t created_at;
 	unsigned char seed[16];		/* keys the index hash */
+	unsigned char owner[SHM_OWNER_LEN];	/* the deployment the contents belong to */
 
 	pthread_mutex_t lock;		/* robust, process-shared */
 	uint32_t wake_seq;		/* futex word, bumped by shm_wake_all */
@@ -195,11 +200,14 @@ struct shm;
 /*
  * Attaches to the segment at `path`, creating it (with `nslots` slots) when
  * `create` and it does not exist; an existing segment keeps its own slot
- * count. `key` names the setting in messages ("credential_cache.path").
+ * count. `owner` (SHM_OWNER_LEN bytes: a key of the deployment whose
+ * credentials the segment holds; NULL: whichever, for readers such as
+ * --cache-status) is recorded in a new segment and must match an existing
+ * one. `key` names the setting in messages ("credential_cache.path").
  * NULL with err set (LB_ERR_INTERNAL; the detail says what and why).
  */
-struct shm *shm_attach(const char *path, uint32_t nslots, bool create, const char *key,
-		       struct lb_error *err);
+struct shm *shm_attach(const char *path, uint32_t nslots, bool create,
+		       const unsigned char *owner, const char *key, struct lb_error *err);
 /* Releases this process's budget entry (if pid matches) and detaches. */
 void shm_detach(struct shm *s);
 

@@ -58,7 +58,7 @@ fresh_segment(void)
 	if (mkdtemp(dir) == NULL)
 		return NULL;
 	snprintf(path, sizeof(path), "%s/seg.shm", dir);
-	s = shm_attach(path, 8, true, "credential_cache.path", &err);
+	s = shm_attach(path, 8, true, NULL, "credential_cache.path", &err);
 	return s;
 }
 
@@ -175,7 +175,7 @@ test_gauges_summed_across_processes(void)
 	pid = fork();
 	if (pid == 0) {
 		struct lb_error err;
-		struct shm *cs = shm_attach(path, 8, false, "credential_cache.path", &err);
+		struct shm *cs = shm_attach(path, 8, false, NULL, "credential_cache.path", &err);
 		struct metrics_gauges g = { { 10, 20 }, { 30, 40 }, 50, 60 };
 
 		if (cs == NULL)

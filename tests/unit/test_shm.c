@@ -1,8 +1,8 @@
 /*
  * test_shm.c - the credential cache's shared-memory segment: creation and
  * attaching, the files it refuses (permissions, owner, symlink, not a
- * regular file, foreign content), incompatible layouts (recreated when
- * unused, refused in use), recovery of the robust lock from a process
+ * regular file, foreign content), incompatible layouts and other
+ * deployments' segments (recreated when unused, refused in use), recovery of the robust lock from a process
  * SIGKILLed while holding it, futex waits that a killed waiter cannot
  * wedge, LRU eviction that skips slots being refreshed, wiping, stale
  * claims, and the host-wide connection counts.
@@ -78,7 +78,7 @@ static struct shm *
 attach(uint32_t nslots, struct lb_error *err)
 {
 	lb_error_clear(err);
-	return shm_attach(test_path, nslots, true, KEY, err);
+	return shm_attach(test_path, nslots, true, NULL, KEY, err);
 }
 
 static bool
@@ -194,18 +194,18 @@ test_missing_directory_names_the_key(void)
 	struct shm *s;
 
 	lb_error_clear(&err);
-	s = shm_attach("/tmp/lb-shm-test-no-such-dir/sub/credentials.shm", 8, true, KEY, &err);
+	s = shm_attach("/tmp/lb-shm-test-no-such-dir/sub/credentials.shm", 8, true, NULL, KEY, &err);
 	CU_ASSERT_PTR_NULL(s);
 	CU_ASSERT_TRUE(contains(err.detail, "credential_cache.path: /tmp/lb-shm-test-no-such-dir/sub/credentials.shm: "
 				"directory /tmp/lb-shm-test-no-such-dir/sub does not exist"));
 	/* Without create (--cache-status), a missing file is said plainly. */
 	fresh_path();
-	s = shm_attach(test_path, 8, false, KEY, &err);
+	s = shm_attach(test_path, 8, false, NULL, KEY, &err);
 	CU_ASSERT_PTR_NULL(s);
 	CU_ASSERT_TRUE(contains(err.detail, "no credential cache here"));
 	CU_ASSERT_EQUAL(access(test_path, F_OK), -1);	/* and nothing was created */
 	remove_path();
-	s = shm_attach("relative/credentials.shm", 8, true, KEY, &err);
+	s = shm_attach("relative/credentials.shm", 8, true, NULL, KEY, &err);
 	CU_ASSERT_PTR_NULL(s);
 	CU_ASSERT_TRUE(contains(err.detail, "must be an absolute path"));
 }
@@ -267,7 +267,7 @@ test_refuses_symlink_and_non_regular_file(void)
 
 	fresh_path();
 	snprintf(target, sizeof(target), "%s/real.shm", test_dir);
-	s = shm_attach(target, 8, true, KEY, &err);
+	s = shm_attach(target, 8, true, NULL, KEY, &err);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(s);
 	shm_detach(s);
 	CU_ASSERT_EQUAL(symlink(target, test_path), 0);
@@ -367,6 +367,114 @@ test_incompatible_layout_refused_in_use(void)
 	CU_ASSERT_TRUE(contains(err.detail, "in use by other processes"));
 	write_layout_version(SHM_LAYOUT_VERSION);
 	shm_detach(user);
+	remove_path();
+}
+
+/* ---- deployments ---- */
+
+static const unsigned char OWNER_A[SHM_OWNER_LEN] = { 'A', 1 };
+static const unsigned char OWNER_B[SHM_OWNER_LEN] = { 'B', 2 };
+
+static struct shm *
+attach_owned(const unsigned char *owner, struct lb_error *err)
+{
+	lb_error_clear(err);
+	return shm_attach(test_path, 8, true, owner, KEY, err);
+}
+
+/* Deployment A's SP credential, M2M token and SCIM role, and a user. */
+static void
+fill_as_deployment(struct shm *s)
+{
+	struct lb_error err;
+	int i;
+
+	shm_lock(s);
+	give_credential(s, SHM_SLOT_SP, "password-of-sp-a");
+	snprintf(shm_slot(s, SHM_SLOT_SP)->role, SHM_ROLE_MAX + 1, "role-of-sp-a");
+	give_credential(s, SHM_SLOT_SP_OAUTH, "m2m-token-of-sp-a");
+	i = shm_insert(s, "alice@example.com", FP_A, &err);
+	CU_ASSERT_TRUE(i >= SHM_FIRST_USER_SLOT);
+	give_credential(s, i, "password-of-alice-on-a");
+	shm_unlock(s);
+}
+
+static void
+test_same_deployment_keeps_contents(void)
+{
+	struct lb_error err;
+	struct shm *a, *again;
+
+	fresh_path();
+	a = attach_owned(OWNER_A, &err);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+	CU_ASSERT_EQUAL(memcmp(shm_header(a)->owner, OWNER_A, SHM_OWNER_LEN), 0);
+	fill_as_deployment(a);
+	again = attach_owned(OWNER_A, &err);	/* another process of A, A still running */
+	CU_ASSERT_PTR_NOT_NULL_FATAL(again);
+	shm_detach(a);
+	shm_detach(again);
+	a = attach_owned(OWNER_A, &err);	/* A restarted */
+	CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+	CU_ASSERT_EQUAL(shm_slot(a, SHM_SLOT_SP)->cred_len, strlen("password-of-sp-a"));
+	CU_ASSERT_STRING_EQUAL(shm_slot(a, SHM_SLOT_SP)->role, "role-of-sp-a");
+	shm_detach(a);
+	remove_path();
+}
+
+static void
+test_other_deployment_recreated_when_unused(void)
+{
+	struct lb_error err;
+	struct shm *s;
+
+	fresh_path();
+	s = attach_owned(OWNER_A, &err);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+	fill_as_deployment(s);
+	shm_detach(s);
+	/* B (or A with another SP, endpoint...) starts once A is gone: nothing of A's. */
+	s = attach_owned(OWNER_B, &err);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+	CU_ASSERT_EQUAL(memcmp(shm_header(s)->owner, OWNER_B, SHM_OWNER_LEN), 0);
+	shm_lock(s);
+	CU_ASSERT_EQUAL(shm_slot(s, SHM_SLOT_SP)->cred_len, 0);
+	CU_ASSERT_EQUAL(shm_slot(s, SHM_SLOT_SP)->role[0], '\0');
+	CU_ASSERT_EQUAL(shm_slot(s, SHM_SLOT_SP_OAUTH)->cred_len, 0);
+	CU_ASSERT_TRUE(bytes_all_zero(shm_secret(s, SHM_SLOT_SP), sizeof(struct shm_secret)));
+	CU_ASSERT_TRUE(bytes_all_zero(shm_secret(s, SHM_SLOT_SP_OAUTH), sizeof(struct shm_secret)));
+	CU_ASSERT_EQUAL(shm_find(s, "alice@example.com", FP_A), -1);
+	shm_unlock(s);
+	shm_detach(s);
+	remove_path();
+}
+
+static void
+test_other_deployment_refused_in_use(void)
+{
+	struct lb_error err;
+	struct shm *a, *b, *reader;
+
+	fresh_path();
+	a = attach_owned(OWNER_A, &err);	/* holds the segment like a running worker of A */
+	CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+	fill_as_deployment(a);
+	b = attach_owned(OWNER_B, &err);
+	CU_ASSERT_PTR_NULL(b);
+	CU_ASSERT_TRUE(contains(err.detail, KEY));
+	CU_ASSERT_TRUE(contains(err.detail, test_path));
+	CU_ASSERT_TRUE(contains(err.detail, "another deployment"));
+	CU_ASSERT_TRUE(contains(err.detail, "give each deployment its own " KEY));
+	CU_ASSERT_FALSE(contains(err.detail, "password-of"));
+	/* A's contents are untouched, and a reader (--cache-status) still attaches. */
+	CU_ASSERT_EQUAL(memcmp(shm_header(a)->owner, OWNER_A, SHM_OWNER_LEN), 0);
+	CU_ASSERT_STRING_EQUAL(shm_slot(a, SHM_SLOT_SP)->role, "role-of-sp-a");
+	CU_ASSERT_EQUAL(shm_slot(a, SHM_SLOT_SP)->cred_len, strlen("password-of-sp-a"));
+	lb_error_clear(&err);
+	reader = shm_attach(test_path, 8, false, NULL, KEY, &err);
+	CU_ASSERT_PTR_NOT_NULL(reader);
+	shm_detach(reader);
+	shm_detach(a);
 	remove_path();
 }
 
@@ -921,6 +1029,11 @@ register_shm_tests(void)
 	CU_add_test(s, "a foreign file refused and left alone", test_refuses_foreign_file);
 	CU_add_test(s, "incompatible layout recreated when unused", test_incompatible_layout_recreated_when_unused);
 	CU_add_test(s, "incompatible layout refused while in use", test_incompatible_layout_refused_in_use);
+	CU_add_test(s, "the same deployment keeps its contents", test_same_deployment_keeps_contents);
+	CU_add_test(s, "another deployment's segment recreated when unused",
+		    test_other_deployment_recreated_when_unused);
+	CU_add_test(s, "another deployment's segment refused while in use",
+		    test_other_deployment_refused_in_use);
 	CU_add_test(s, "robust lock recovered after SIGKILL mid-write", test_lock_recovered_after_owner_killed);
 	CU_add_test(s, "futex wait/wake survives a killed waiter", test_wait_wake_survives_killed_waiter);
 	CU_add_test(s, "LRU eviction skips slots being refreshed", test_eviction_lru_skips_refreshing_slots);
