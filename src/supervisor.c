@@ -299,6 +299,16 @@ warn_restart_only(const struct lb_config *old, const struct lb_config *new)
 	if (!same_text(old->socket_owner, new->socket_owner) || !same_text(old->socket_group, new->socket_group) ||
 	    old->socket_mode != new->socket_mode)
 		log_warn("socket_owner/socket_group/socket_mode changed", "hint", hint);
+	/* The credential cache belongs to one deployment (credential.c): the new
+	 * workers refuse it while the old ones run, which undoes the reload. */
+	if (!same_text(old->databricks_host, new->databricks_host) ||
+	    !same_text(old->lakebase_endpoint, new->lakebase_endpoint) ||
+	    !same_text(old->pg_database, new->pg_database) ||
+	    !same_text(old->client_id, new->client_id) ||
+	    !same_text(old->static_token, new->static_token))
+		log_warn("workspace host, Lakebase endpoint, database or service principal changed: "
+			 "the new workers cannot share the running workers' credential cache, so "
+			 "this reload fails", "hint", hint);
 }
 
 static void
