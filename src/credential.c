@@ -865,6 +865,22 @@ next_handoff(struct credcache *cc, bool *stop)
 	return h;
 }
 
+/*
+ * Whether a queued refresh still holds its claim (the lock held). Claimed
+ * when queued, so that the requests behind it do not queue it again; a
+ * slow workspace can keep it queued past its deadline, and then another
+ * request has taken over and refreshes: this one must not mint too. Still
+ * ours: the claim's deadline counts from now, when the mint starts.
+ */
+static bool
+handoff_still_ours(struct credcache *cc, const struct handoff *h)
+{
+	const struct target *t = &h->target.t;
+
+	return shm_claim_extend(cc->shm, (uint32_t)t->index, h->claim_id,
+				clock_monotonic_ms() + claim_bound_ms(cc, t->kind));
+}
+
 static void *
 handoff_main(void *arg)
 {
@@ -880,7 +896,8 @@ handoff_main(void *arg)
 		memset(&m, 0, sizeof(m));
 		shm_lock(cc->shm);
 		if (!stop) {
-			mint_claimed(cc, &h->target.t, h->claim_id, &m, &mint_err, &report);
+			if (handoff_still_ours(cc, h))
+				mint_claimed(cc, &h->target.t, h->claim_id, &m, &mint_err, &report);
 		} else if (shm_claim_is(cc->shm, (uint32_t)h->target.t.index, h->claim_id)) {
 			/* Stopping: let another process's request take it at once. */
 			shm_claim_release(cc->shm, (uint32_t)h->target.t.index);

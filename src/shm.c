@@ -437,6 +437,15 @@ shm_claim_is(struct shm *s, uint32_t index, uint64_t claim_id)
 	return claim_id != 0 && sl->claim_id == claim_id && sl->claim_pid == (int32_t)getpid();
 }
 
+bool
+shm_claim_extend(struct shm *s, uint32_t index, uint64_t claim_id, int64_t deadline_ms)
+{
+	if (!shm_claim_is(s, index, claim_id))
+		return false;
+	shm_slot(s, index)->claim_deadline_ms = deadline_ms;
+	return true;
+}
+
 void
 shm_claim_release(struct shm *s, uint32_t index)
 {

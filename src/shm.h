@@ -252,6 +252,8 @@ bool shm_claim_active(struct shm *s, uint32_t index);
 uint64_t shm_claim(struct shm *s, uint32_t index, int64_t deadline_ms);
 /* True if the claim is still this one (not taken over meanwhile). */
 bool shm_claim_is(struct shm *s, uint32_t index, uint64_t claim_id);
+/* Moves the deadline of the claim if it is still this one; false if not. */
+bool shm_claim_extend(struct shm *s, uint32_t index, uint64_t claim_id, int64_t deadline_ms);
 void shm_claim_release(struct shm *s, uint32_t index);
 
 /*

@@ -846,6 +846,46 @@ test_stale_claims_are_taken_over(void)
 	remove_path();
 }
 
+/*
+ * A claim queued for a while (a hand-off) is extended when its mint starts,
+ * unless it was taken over meanwhile: then it is someone else's, and the
+ * old holder must not mint.
+ */
+static void
+test_claim_extended_only_while_held(void)
+{
+	struct lb_error err;
+	struct shm *s;
+	uint64_t queued, takeover;
+	int64_t later;
+	int a;
+
+	fresh_path();
+	s = attach(4, &err);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+	shm_lock(s);
+	a = shm_insert(s, "a@example.com", FP_A, &err);
+	queued = shm_claim(s, (uint32_t)a, clock_monotonic_ms() + 1000);
+	later = clock_monotonic_ms() + 600000;
+	CU_ASSERT_TRUE(shm_claim_extend(s, (uint32_t)a, queued, later));
+	CU_ASSERT_EQUAL(shm_slot(s, (uint32_t)a)->claim_deadline_ms, later);
+	CU_ASSERT_TRUE(shm_claim_active(s, (uint32_t)a));
+
+	/* Overdue while queued: taken over, and claimed anew by another request. */
+	shm_slot(s, (uint32_t)a)->claim_deadline_ms = clock_monotonic_ms() - 1;
+	CU_ASSERT_FALSE(shm_claim_active(s, (uint32_t)a));
+	CU_ASSERT_FALSE(shm_claim_extend(s, (uint32_t)a, queued, later));	/* taken over */
+	takeover = shm_claim(s, (uint32_t)a, clock_monotonic_ms() + 1000);
+	CU_ASSERT_FALSE(shm_claim_extend(s, (uint32_t)a, queued, later));	/* not the old one's */
+	CU_ASSERT_NOT_EQUAL(shm_slot(s, (uint32_t)a)->claim_deadline_ms, later);
+	CU_ASSERT_TRUE(shm_claim_is(s, (uint32_t)a, takeover));
+	shm_claim_release(s, (uint32_t)a);
+	CU_ASSERT_FALSE(shm_claim_extend(s, (uint32_t)a, takeover, later));	/* released */
+	shm_unlock(s);
+	shm_detach(s);
+	remove_path();
+}
+
 static void
 test_host_connection_budget(void)
 {
@@ -1041,6 +1081,7 @@ register_shm_tests(void)
 	CU_add_test(s, "a wipe leaves the whole field zero", test_wipe_leaves_the_field_zero);
 	CU_add_test(s, "a secret over capacity is refused, never truncated", test_secret_over_capacity_is_refused);
 	CU_add_test(s, "stale claims (dead or overdue) taken over", test_stale_claims_are_taken_over);
+	CU_add_test(s, "a claim is extended only while still held", test_claim_extended_only_while_held);
 	CU_add_test(s, "host connection budget, dead process reclaimed", test_host_connection_budget);
 
 	s = CU_add_suite("credential cache config", NULL, NULL);
