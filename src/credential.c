@@ -53,6 +53,7 @@
 #define CACHE_KEY "credential_cache.path"
 #define FAILED_REFRESH_BACKOFF_S 30	/* next try after a failed refresh, +/-20 % */
 #define WAIT_SLICE_MS 100		/* one futex wait; the state is re-checked after it */
+#define WAIT_SLACK_MS 1000		/* a waiter gives a claim its bound and this */
 #define REFRESHER_TICK_MS 500		/* how often the background refresher looks */
 #define REFRESHER_STALE_MS 5000		/* a refresher silent this long is replaced */
 #define REFRESHER_BATCH 64		/* refreshes per tick at most */
@@ -252,12 +253,23 @@ secret_dup(const char *value, size_t len)
 	return s;
 }
 
-/* How long one claim may take before it is taken over: the SP's takes up
- * to three calls (M2M token, SCIM Me, the mint). */
+/*
+ * How long one claim may take before it is taken over: its refresh's worst
+ * case, each workspace call through all its retries (call_bound_ms), so a
+ * live claimer is never taken over (a second mint). The SP's with a static
+ * token: SCIM Me and the mint. With M2M (mint_sp): a try gets the M2M token
+ * (waiting for another claimer up to a call and the slack, then maybe a
+ * call of its own), SCIM Me and the mint, and a 401 makes a second try that
+ * skips SCIM Me only if the first got the role: 7 calls and twice the slack.
+ */
 static int64_t
 claim_bound_ms(const struct credcache *cc, uint32_t kind)
 {
-	return kind == SHM_KIND_SP ? 3 * cc->call_bound_ms : cc->call_bound_ms;
+	if (kind != SHM_KIND_SP)
+		return cc->call_bound_ms;
+	if (!cc->m2m)
+		return 2 * cc->call_bound_ms;
+	return 7 * cc->call_bound_ms + 2 * WAIT_SLACK_MS;
 }
 
 /* ------------------------------------------------------------------ */
@@ -928,7 +940,7 @@ static int
 acquire_locked(struct credcache *cc, struct target *t, struct credential *out,
 	       struct lb_error *err, struct refresh_report *report)
 {
-	int64_t wait_until = clock_monotonic_ms() + claim_bound_ms(cc, t->kind) + 1000;
+	int64_t wait_until = clock_monotonic_ms() + claim_bound_ms(cc, t->kind) + WAIT_SLACK_MS;
 	struct shm_slot *sl;
 	bool claimed, waited = false;
 	uint32_t generation = 0;
