@@ -4,10 +4,12 @@
  * only a scrape walks the per-process gauges and the slots.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
 #include <yajl/yajl_gen.h>
 
 #include "metrics.h"
@@ -15,9 +17,14 @@
 #define AUTH_SP		0
 #define AUTH_USER	1
 
+#define SERIES_MORE	(SHM_METRIC_ROUTES - 1)	/* routes beyond the claimable series */
+#define SERIES_NONE	SHM_METRIC_ROUTES	/* requests that matched no route */
+
 static struct shm *metrics_shm;
 static int metrics_proc = -1;		/* this process's gauge entry */
 static pid_t metrics_pid;
+static unsigned char *route_series;	/* by route index: its series (SERIES_MORE: none of its own) */
+static size_t route_series_len;
 
 static const int status_codes[SHM_METRIC_STATUSES - 1] = {
 	200, 201, 400, 401, 403, 404, 405, 409, 413, 415, 429, 500, 502, 503, 504
@@ -85,17 +92,73 @@ observe(struct shm_histogram *h, long long duration_us)
 	add(&h->count, 1);
 }
 
-/* The series index of a route: its position, the last shared beyond the
- * area's capacity; SHM_METRIC_ROUTES for no route. */
+/* The series of a route of the config the process attached with;
+ * SERIES_NONE for no route. */
 static size_t
 route_index(const struct lb_config *cfg, const struct route *route)
 {
 	size_t i;
 
 	if (route == NULL || route < cfg->routes || route >= cfg->routes + cfg->nroutes)
-		return SHM_METRIC_ROUTES;
+		return SERIES_NONE;
 	i = (size_t)(route - cfg->routes);
-	return i < SHM_METRIC_ROUTES ? i : SHM_METRIC_ROUTES - 1;
+	return i < route_series_len ? route_series[i] : SERIES_MORE;
+}
+
+/* A route's identity: the first 8 bytes of SHA-256 of its method, path
+ * and auth; 0 only when that cannot be computed (out of memory). */
+static uint64_t
+route_key(const struct route *route)
+{
+	const char *parts[3] = { route->method, route->path, auth_mode_name(route->auth) };
+	unsigned char md[EVP_MAX_MD_SIZE];
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	bool ok = ctx != NULL && EVP_DigestInit_ex2(ctx, EVP_sha256(), NULL) == 1;
+	uint64_t key = 0;
+
+	for (int i = 0; i < 3 && ok; i++)
+		ok = EVP_DigestUpdate(ctx, parts[i], strlen(parts[i]) + 1) == 1;
+	ok = ok && EVP_DigestFinal_ex(ctx, md, NULL) == 1;
+	EVP_MD_CTX_free(ctx);
+	if (ok)
+		memcpy(&key, md, sizeof(key));
+	return ok && key == 0 ? 1 : key;
+}
+
+/* With the segment's lock held: the series whose key is `key`, claimed if
+ * none is; SERIES_MORE once every series is claimed (by routes of this or
+ * earlier configs: the segment outlives them). */
+static unsigned char
+claim_series_locked(struct shm_metrics *m, uint64_t key)
+{
+	int free_series = -1;
+
+	if (key == 0)
+		return SERIES_MORE;
+	for (int i = 0; i < SERIES_MORE; i++) {
+		if (m->route_keys[i] == key)
+			return (unsigned char)i;
+		if (m->route_keys[i] == 0 && free_series < 0)
+			free_series = i;
+	}
+	if (free_series < 0)
+		return SERIES_MORE;
+	m->route_keys[free_series] = key;
+	return (unsigned char)free_series;
+}
+
+/* With the segment's lock held: each route's series. */
+static void
+claim_route_series_locked(struct shm_metrics *m, const struct lb_config *cfg)
+{
+	free(route_series);
+	route_series_len = 0;
+	route_series = cfg != NULL && cfg->nroutes > 0 ? malloc(cfg->nroutes) : NULL;
+	if (route_series == NULL)
+		return;		/* out of memory: every route counts as SERIES_MORE */
+	route_series_len = cfg->nroutes;
+	for (size_t i = 0; i < cfg->nroutes; i++)
+		route_series[i] = claim_series_locked(m, route_key(&cfg->routes[i]));
 }
 
 /* ---- recording ---- */
@@ -202,7 +265,7 @@ any_live(const struct shm_metrics *m)
 }
 
 void
-metrics_attach(struct shm *s)
+metrics_attach(struct shm *s, const struct lb_config *cfg)
 {
 	struct shm_metrics *m;
 	pid_t pid = getpid();
@@ -226,6 +289,7 @@ metrics_attach(struct shm *s)
 			break;
 		}
 	}
+	claim_route_series_locked(m, cfg);
 	shm_unlock(s);
 }
 
@@ -242,6 +306,9 @@ metrics_detach(void)
 	}
 	metrics_shm = NULL;
 	metrics_proc = -1;
+	free(route_series);
+	route_series = NULL;
+	route_series_len = 0;
 }
 
 static void
@@ -302,53 +369,79 @@ header(struct strbuf *out, const char *name, const char *type, const char *help)
 	strbuf_appendf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-/* route="…",method="…",auth="…" for series index r. */
+/* route="…",method="…",auth="…" of a route. */
 static void
-route_labels(struct strbuf *out, const struct lb_config *cfg, size_t r)
+route_labels(struct strbuf *out, const struct route *route)
 {
-	const struct route *route;
-
-	if (r == SHM_METRIC_ROUTES) {
-		strbuf_append_str(out, "route=\"(none)\",method=\"\",auth=\"\"");
-		return;
-	}
-	route = &cfg->routes[r];
 	strbuf_append_str(out, "route=\"");
-	if (r == SHM_METRIC_ROUTES - 1 && cfg->nroutes > SHM_METRIC_ROUTES)
-		strbuf_append_str(out, "(more)");
-	else
-		append_label(out, route->path);
+	append_label(out, route->path);
 	strbuf_append_str(out, "\",method=\"");
-	append_label(out, r == SHM_METRIC_ROUTES - 1 && cfg->nroutes > SHM_METRIC_ROUTES ? "" : route->method);
+	append_label(out, route->method);
 	strbuf_appendf(out, "\",auth=\"%s\"", auth_mode_name(route->auth));
 }
 
-static size_t
-series_count(const struct lb_config *cfg)
+/* Renders one series: r its index, labels its route's. */
+typedef void (*series_render_fn)(struct strbuf *out, const struct shm_metrics *m, size_t r,
+				 const char *labels);
+
+/*
+ * Calls fn for each series the config has, in its order: each route's own,
+ * then "(more)" if a route has none of its own, then "(none)" (requests
+ * that matched no route) if with_none. Series of routes no longer in the
+ * config stay in the segment, unrendered.
+ */
+static void
+for_each_series(struct strbuf *out, const struct lb_config *cfg, const struct shm_metrics *m,
+		bool with_none, series_render_fn fn)
 {
-	return cfg->nroutes < SHM_METRIC_ROUTES ? cfg->nroutes : SHM_METRIC_ROUTES;
+	struct strbuf labels;
+	bool more = false;
+	size_t r;
+
+	strbuf_init(&labels);
+	for (size_t i = 0; i < cfg->nroutes; i++) {
+		r = route_index(cfg, &cfg->routes[i]);
+		more = more || r == SERIES_MORE;
+		if (r == SERIES_MORE)
+			continue;
+		strbuf_reset(&labels);
+		route_labels(&labels, &cfg->routes[i]);
+		if (!strbuf_failed(&labels))
+			fn(out, m, r, labels.data);
+	}
+	for (int k = 0; k < 2; k++) {
+		if (k == 0 ? !more : !with_none)
+			continue;
+		strbuf_reset(&labels);
+		strbuf_appendf(&labels, "route=\"%s\",method=\"\",auth=\"\"", k == 0 ? "(more)" : "(none)");
+		if (!strbuf_failed(&labels))
+			fn(out, m, k == 0 ? SERIES_MORE : SERIES_NONE, labels.data);
+	}
+	strbuf_free(&labels, false);
+}
+
+static void
+render_request_series(struct strbuf *out, const struct shm_metrics *m, size_t r, const char *labels)
+{
+	for (int s = 0; s < SHM_METRIC_STATUSES; s++) {
+		uint64_t n = load(&m->requests[r][s]);
+
+		if (n == 0)
+			continue;
+		if (s < SHM_METRIC_STATUSES - 1)
+			strbuf_appendf(out, "lakebase_requests_total{%s,status=\"%d\"} %llu\n", labels,
+				       status_codes[s], (unsigned long long)n);
+		else
+			strbuf_appendf(out, "lakebase_requests_total{%s,status=\"other\"} %llu\n", labels,
+				       (unsigned long long)n);
+	}
 }
 
 static void
 render_requests(struct strbuf *out, const struct lb_config *cfg, const struct shm_metrics *m)
 {
 	header(out, "lakebase_requests_total", "counter", "HTTP requests answered, by route and status.");
-	for (size_t r = 0; r <= SHM_METRIC_ROUTES; r++) {
-		if (r < SHM_METRIC_ROUTES && r >= series_count(cfg))
-			continue;
-		for (int s = 0; s < SHM_METRIC_STATUSES; s++) {
-			uint64_t n = load(&m->requests[r][s]);
-
-			if (n == 0)
-				continue;
-			strbuf_append_str(out, "lakebase_requests_total{");
-			route_labels(out, cfg, r);
-			if (s < SHM_METRIC_STATUSES - 1)
-				strbuf_appendf(out, ",status=\"%d\"} %llu\n", status_codes[s], (unsigned long long)n);
-			else
-				strbuf_appendf(out, ",status=\"other\"} %llu\n", (unsigned long long)n);
-		}
-	}
+	for_each_series(out, cfg, m, true, render_request_series);
 }
 
 /* One histogram's series; `labels` ends without a comma ("" for none). */
@@ -370,25 +463,29 @@ render_histogram(struct strbuf *out, const char *name, const char *labels, const
 }
 
 static void
+render_query_series(struct strbuf *out, const struct shm_metrics *m, size_t r, const char *labels)
+{
+	struct strbuf with_class;
+
+	strbuf_init(&with_class);
+	for (int c = 0; c < SHM_METRIC_CLASSES; c++) {
+		if (load(&m->query[r][c].count) == 0)
+			continue;
+		strbuf_reset(&with_class);
+		strbuf_appendf(&with_class, "%s,status=\"%dxx\"", labels, c + 1);
+		if (!strbuf_failed(&with_class))
+			render_histogram(out, "lakebase_query_duration_seconds", with_class.data,
+					 &m->query[r][c]);
+	}
+	strbuf_free(&with_class, false);
+}
+
+static void
 render_query_durations(struct strbuf *out, const struct lb_config *cfg, const struct shm_metrics *m)
 {
-	struct strbuf labels;
-
 	header(out, "lakebase_query_duration_seconds", "histogram",
 	       "Time to answer a request of a route (connection, SQL, result), by status class.");
-	strbuf_init(&labels);
-	for (size_t r = 0; r < series_count(cfg); r++) {
-		for (int c = 0; c < SHM_METRIC_CLASSES; c++) {
-			if (load(&m->query[r][c].count) == 0)
-				continue;
-			strbuf_reset(&labels);
-			route_labels(&labels, cfg, r);
-			strbuf_appendf(&labels, ",status=\"%dxx\"", c + 1);
-			if (!strbuf_failed(&labels))
-				render_histogram(out, "lakebase_query_duration_seconds", labels.data, &m->query[r][c]);
-		}
-	}
-	strbuf_free(&labels, false);
+	for_each_series(out, cfg, m, false, render_query_series);
 }
 
 /* The per-process gauges summed over live entries. */

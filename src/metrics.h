@@ -6,8 +6,9 @@
  * histograms are bumped with relaxed atomics, never under a lock; gauges
  * that only one process can know (its pools) are published by that process
  * into its own entry and summed at scrape time, dead processes' entries
- * reclaimed. Series are indexed by the route's position in the config, so
- * no label carries anything a request sent (an email, a token).
+ * reclaimed. A route's series are found by its method, path and auth, so
+ * they stay its own when a reload reorders, adds or removes routes, and no
+ * label carries anything a request sent (an email, a token).
  *
  * One segment per process: metrics_attach() sets it for the process; every
  * other call is a no-op until then (the CLI tools, unit tests of pools).
@@ -29,8 +30,9 @@ struct metrics_gauges {
 	int user_pools;
 };
 
-/* Sets the segment and takes this process's gauge entry (takes the lock). */
-void metrics_attach(struct shm *s);
+/* Sets the segment, takes this process's gauge entry and the series of
+ * cfg's routes (takes the lock). cfg is the one later calls pass. */
+void metrics_attach(struct shm *s, const struct lb_config *cfg);
 /* Frees this process's gauge entry; call before the segment is detached. */
 void metrics_detach(void);
 

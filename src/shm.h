@@ -45,7 +45,7 @@
 #include "error.h"
 
 #define SHM_MAGIC		"LBFCGIC\x01"	/* 8 bytes, no NUL needed */
-#define SHM_LAYOUT_VERSION	4	/* 2: the metrics area; 3: close reason "renewed"; 4: owner */
+#define SHM_LAYOUT_VERSION	5	/* 2: metrics; 3: close reason "renewed"; 4: owner; 5: route keys */
 #define SHM_EMAIL_MAX		63	/* a Postgres role name: NAMEDATALEN - 1 */
 #define SHM_ROLE_MAX		63
 #define SHM_FP_LEN		32	/* SHA-256 of the workspace token */
@@ -118,10 +118,12 @@ struct shm_proc {
 /*
  * The metrics area (metrics.c owns its meaning): counters and histograms
  * every process adds to with relaxed atomics, no lock, and per-process
- * gauges summed at scrape time. Series are indexed by route position in
- * the config, never by anything a request carries.
+ * gauges summed at scrape time. A route's series are the slot its identity
+ * (method, path, auth) claimed in route_keys, so they stay the route's
+ * across reloads and restarts whatever the order of the config; never
+ * anything a request carries.
  */
-#define SHM_METRIC_ROUTES	128	/* routes with their own series; +1: none */
+#define SHM_METRIC_ROUTES	128	/* series of routes, the last shared by routes beyond; +1: none */
 #define SHM_METRIC_STATUSES	16	/* see metrics.c: a fixed list of codes */
 #define SHM_METRIC_CLASSES	5	/* status class 1xx..5xx */
 #define SHM_METRIC_BUCKETS	12	/* histogram buckets, the last is +Inf */
@@ -146,6 +148,7 @@ struct shm_proc_gauges {
 };
 
 struct shm_metrics {
+	uint64_t route_keys[SHM_METRIC_ROUTES - 1];	/* a route's identity; 0: free */
 	uint64_t requests[SHM_METRIC_ROUTES + 1][SHM_METRIC_STATUSES];
 	struct shm_histogram query[SHM_METRIC_ROUTES + 1][SHM_METRIC_CLASSES];
 	struct shm_histogram refresh;

@@ -225,7 +225,7 @@ worker_create(const struct lb_config *cfg, struct lb_error *err)
 	w->creds = credcache_create(cfg, w->ws, err);
 	if (w->creds == NULL)
 		goto fail;
-	metrics_attach(credcache_shm(w->creds));
+	metrics_attach(credcache_shm(w->creds), cfg);
 	w->metrics_attached = true;
 	sp_source.get_credential = sp_credential;
 	sp_source.auth_failed = sp_auth_failed;

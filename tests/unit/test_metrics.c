@@ -106,7 +106,7 @@ test_counters_and_histograms(void)
 
 	CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(s);
-	metrics_attach(s);
+	metrics_attach(s, cfg);
 	metrics_request(cfg, &cfg->routes[0], 200, 3000);
 	metrics_request(cfg, &cfg->routes[0], 200, 30000);
 	metrics_request(cfg, &cfg->routes[1], 403, 2000000);
@@ -158,6 +158,93 @@ test_counters_and_histograms(void)
 	config_free(cfg);
 }
 
+/* The routes of routes_json the other way round, and a third. */
+static const char routes_reordered_json[] =
+	"{\"routes\": ["
+	"{\"method\": \"POST\", \"path\": \"/api/new\", \"auth\": \"service-principal\","
+	" \"sql\": \"SELECT 1 AS one\", \"result\": \"one\"},"
+	"{\"method\": \"GET\", \"path\": \"/api/me\", \"auth\": \"on-behalf-of-user\","
+	" \"sql\": \"SELECT current_user\", \"result\": \"one\"},"
+	"{\"method\": \"GET\", \"path\": \"/api/todos/{id}\", \"auth\": \"service-principal\","
+	" \"sql\": \"SELECT :id::int AS id\", \"params\": {\"id\": {\"in\": \"path\", \"type\": \"int\"}},"
+	" \"result\": \"one\"}"
+	"]}";
+
+/* A reload that reorders and adds routes (a new process attaching with
+ * the new config): each route's counts stay under its own labels, the new
+ * route starts at none, and both configs count into the same series. */
+static void
+test_series_follow_the_route_across_configs(void)
+{
+	struct lb_config *before = load(routes_json), *after = load(routes_reordered_json);
+	struct shm *s = fresh_segment();
+	struct strbuf out;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(before);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(after);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+	metrics_attach(s, before);
+	metrics_request(before, &before->routes[0], 200, 1000);
+	metrics_request(before, &before->routes[0], 200, 1000);
+	metrics_request(before, &before->routes[1], 403, 1000);
+	metrics_detach();
+	metrics_attach(s, after);
+	metrics_request(after, &after->routes[2], 200, 1000);	/* /api/todos/{id} */
+	metrics_request(after, &after->routes[0], 201, 1000);	/* /api/new */
+
+	strbuf_init(&out);
+	CU_ASSERT_EQUAL(metrics_render(after, &out), 0);
+	CU_ASSERT(has_line(&out, "lakebase_requests_total{route=\"/api/todos/{id}\",method=\"GET\","
+			   "auth=\"service-principal\",status=\"200\"} 3"));
+	CU_ASSERT(has_line(&out, "lakebase_requests_total{route=\"/api/me\",method=\"GET\","
+			   "auth=\"on-behalf-of-user\",status=\"403\"} 1"));
+	CU_ASSERT(has_line(&out, "lakebase_requests_total{route=\"/api/new\",method=\"POST\","
+			   "auth=\"service-principal\",status=\"201\"} 1"));
+	CU_ASSERT_PTR_NULL(strstr(out.data, "route=\"/api/me\",method=\"GET\",auth=\"on-behalf-of-user\",status=\"200\""));
+	CU_ASSERT_PTR_NULL(strstr(out.data, "/api/new\",method=\"POST\",auth=\"service-principal\",status=\"200\""));
+	strbuf_free(&out, false);
+	metrics_detach();
+	drop_segment(s);
+	config_free(before);
+	config_free(after);
+}
+
+/* 130 routes: the first 127 have series of their own, the last three
+ * count together under "(more)". */
+static void
+test_routes_beyond_the_series_share_more(void)
+{
+	struct lb_config *cfg;
+	struct shm *s = fresh_segment();
+	struct strbuf json, out;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+	strbuf_init(&json);
+	strbuf_append_str(&json, "{\"routes\": [");
+	for (int i = 0; i < 130; i++)
+		strbuf_appendf(&json, "%s{\"method\": \"GET\", \"path\": \"/r%d\", \"auth\": \"service-principal\","
+			       " \"sql\": \"SELECT 1 AS one\", \"result\": \"one\"}", i ? "," : "", i);
+	strbuf_append_str(&json, "]}");
+	CU_ASSERT_FATAL(!strbuf_failed(&json));
+	cfg = load(json.data);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+	metrics_attach(s, cfg);
+	metrics_request(cfg, &cfg->routes[126], 200, 1000);
+	metrics_request(cfg, &cfg->routes[127], 200, 1000);
+	metrics_request(cfg, &cfg->routes[129], 200, 1000);
+	strbuf_init(&out);
+	CU_ASSERT_EQUAL(metrics_render(cfg, &out), 0);
+	CU_ASSERT(has_line(&out, "lakebase_requests_total{route=\"/r126\",method=\"GET\","
+			   "auth=\"service-principal\",status=\"200\"} 1"));
+	CU_ASSERT(has_line(&out, "lakebase_requests_total{route=\"(more)\",method=\"\",auth=\"\",status=\"200\"} 2"));
+	CU_ASSERT_PTR_NULL(strstr(out.data, "route=\"/r127\""));
+	strbuf_free(&out, false);
+	strbuf_free(&json, false);
+	metrics_detach();
+	drop_segment(s);
+	config_free(cfg);
+}
+
 static void
 test_gauges_summed_across_processes(void)
 {
@@ -180,7 +267,7 @@ test_gauges_summed_across_processes(void)
 
 		if (cs == NULL)
 			_exit(1);
-		metrics_attach(cs);
+		metrics_attach(cs, cfg);
 		metrics_publish(&g);
 		(void)!write(from_child[1], "x", 1);
 		(void)!read(to_child[0], &byte, 1);
@@ -188,7 +275,7 @@ test_gauges_summed_across_processes(void)
 	}
 	CU_ASSERT_FATAL(pid > 0);
 	CU_ASSERT_EQUAL(read(from_child[0], &byte, 1), 1);
-	metrics_attach(s);
+	metrics_attach(s, cfg);
 	metrics_publish(&mine);
 
 	strbuf_init(&out);
@@ -342,6 +429,8 @@ register_metrics_tests(void)
 	CU_pSuite s = CU_add_suite("metrics", NULL, NULL);
 
 	CU_add_test(s, "counters and histograms, exact lines", test_counters_and_histograms);
+	CU_add_test(s, "series follow the route across configs (reorder, add)", test_series_follow_the_route_across_configs);
+	CU_add_test(s, "routes beyond 127 share the (more) series", test_routes_beyond_the_series_share_more);
 	CU_add_test(s, "gauges summed across processes, dead ones reclaimed", test_gauges_summed_across_processes);
 	CU_add_test(s, "status and bucket mapping", test_mappings);
 	CU_add_test(s, "loopback and unix clients only by default", test_client_allowed);
