@@ -25,6 +25,7 @@
 #include <yajl/yajl_tree.h>
 
 #include "config.h"
+#include "jsonscan.h"
 #include "log.h"
 #include "strbuf.h"
 
@@ -32,6 +33,9 @@
 #define MAX_CONFIG_BYTES	(16 * 1024 * 1024)
 #define MAX_FIELDS		40	/* keys of the largest object in the schema */
 #define MAX_JSON_DEPTH		64	/* nesting of a json parameter's default */
+/* The whole file: a json default's own levels plus the schema's around it
+ * (root, routes, a route, params, a parameter). */
+#define MAX_FILE_DEPTH		(MAX_JSON_DEPTH + 8)
 
 /* Settings the environment can override; PGPORT (an integer) is separate. */
 enum setting {
@@ -2351,10 +2355,26 @@ config_new(void)
 	return cfg;
 }
 
+/* Line and column (from 1) of text[offset]. */
+static void
+text_position(const char *text, size_t offset, unsigned *line, unsigned *column)
+{
+	*line = 1;
+	*column = 1;
+	for (size_t i = 0; i < offset && text[i] != '\0'; i++) {
+		if (text[i] == '\n') {
+			(*line)++;
+			*column = 1;
+		} else {
+			(*column)++;
+		}
+	}
+}
+
 /* yajl_tree_parse reports no position; a second, callback-less parse finds
  * the byte where the text stops being JSON. */
-static void
-json_error_position(const char *text, unsigned *line, unsigned *column)
+static size_t
+json_error_offset(const char *text)
 {
 	yajl_handle h = yajl_alloc(NULL, NULL, NULL);
 	size_t len = strlen(text), offset = len;
@@ -2367,33 +2387,52 @@ json_error_position(const char *text, unsigned *line, unsigned *column)
 			offset--;
 		yajl_free(h);
 	}
-	*line = 1;
-	*column = 1;
-	for (size_t i = 0; i < offset && i < len; i++) {
-		if (text[i] == '\n') {
-			(*line)++;
-			*column = 1;
-		} else {
-			(*column)++;
-		}
-	}
+	return offset;
+}
+
+/* "file: line L, column C: " before a problem with the file's text. */
+static void
+problem_in_text(struct loader *ld, const char *text, const char *file, size_t offset, const char *what)
+{
+	unsigned line, column;
+
+	text_position(text, offset, &line, &column);
+	problem_at(ld, "", "%s%sline %u, column %u: %s", file != NULL ? file : "",
+		   file != NULL ? ": " : "", line, column, what);
+}
+
+/* yajl_tree has no depth limit and frees recursively: deep nesting would
+ * overflow the stack (a SIGHUP with such a file would end the supervisor).
+ * Refused before parsing; comments and \u0000 stay allowed as before. */
+static bool
+nesting_within_limit(struct loader *ld, const char *text, const char *file)
+{
+	char what[64];
+	size_t where;
+
+	if (jsonscan(text, strlen(text), MAX_FILE_DEPTH, JSONSCAN_COMMENTS | JSONSCAN_NUL_ESCAPES,
+		     &where) == JSONSCAN_OK)
+		return true;
+	/* read_file refused NUL bytes: only the depth can fail here */
+	snprintf(what, sizeof(what), "nested deeper than %d levels", MAX_FILE_DEPTH);
+	problem_in_text(ld, text, file, where, what);
+	return false;
 }
 
 static yajl_val
 parse_json(struct loader *ld, const char *text, const char *file)
 {
 	char errbuf[1024];
-	unsigned line, column;
 	yajl_val root;
 
+	if (!nesting_within_limit(ld, text, file))
+		return NULL;
 	errbuf[0] = '\0';
 	root = yajl_tree_parse(text, errbuf, sizeof(errbuf));	/* allows comments */
 	if (root == NULL) {
 		errbuf[strcspn(errbuf, "\n")] = '\0';	/* yajl adds a context picture */
-		json_error_position(text, &line, &column);
-		problem_at(ld, "", "%s%sline %u, column %u: %s", file != NULL ? file : "",
-			   file != NULL ? ": " : "", line, column,
-			   errbuf[0] != '\0' ? errbuf : "invalid JSON");
+		problem_in_text(ld, text, file, json_error_offset(text),
+				errbuf[0] != '\0' ? errbuf : "invalid JSON");
 		return NULL;
 	}
 	if (!YAJL_IS_OBJECT(root)) {

@@ -22,6 +22,7 @@
 #include <yajl/yajl_parse.h>
 #include <yajl/yajl_tree.h>
 
+#include "jsonscan.h"
 #include "params.h"
 #include "textfmt.h"
 
@@ -347,7 +348,7 @@ convert_plain_text(const struct param_def *def, const char *text, struct lb_erro
 
 /* ---- JSON validation (yajl's parser, no tree) ---------------------------- */
 
-enum json_verdict { JSON_OK = 0, JSON_INVALID, JSON_TOO_DEEP, JSON_HAS_NUL, JSON_NO_MEMORY };
+enum json_verdict { JSON_OK = 0, JSON_INVALID, JSON_NO_MEMORY };
 
 /* Strict JSON (no comments, one value, nothing after it). */
 static enum json_verdict
@@ -381,8 +382,6 @@ convert_json_text(const struct param_def *def, const char *text, struct lb_error
 		out_of_memory(err);
 		return NULL;
 	case JSON_INVALID:
-	case JSON_TOO_DEEP:
-	case JSON_HAS_NUL:
 		wrong_type(err, def);
 		return NULL;
 	}
@@ -522,46 +521,6 @@ invalid_body(struct lb_error *err)
 			    "body is not valid JSON");
 }
 
-/*
- * One pass over a body before yajl_tree parses it, for what yajl_tree does
- * not refuse: comments (it allows them), nesting deeper than max_depth (it
- * has no limit, and frees recursively) and \u0000 escapes (its strings are
- * C strings, which a NUL would cut). Whether the rest is JSON is yajl's to
- * judge; this only needs to be exact on JSON. One parse instead of two.
- */
-static enum json_verdict
-body_prescan(const char *text, size_t len, size_t max_depth)
-{
-	size_t depth = 0;
-	bool in_string = false;
-
-	for (size_t i = 0; i < len; i++) {
-		char c = text[i];
-
-		if (c == '\0')
-			return JSON_INVALID;
-		if (in_string) {
-			if (c == '"') {
-				in_string = false;
-			} else if (c == '\\') {
-				if (len - i >= 6 && memcmp(text + i + 1, "u0000", 5) == 0)
-					return JSON_HAS_NUL;
-				i++;	/* the escaped character */
-			}
-			continue;
-		}
-		if (c == '"')
-			in_string = true;
-		else if ((c == '[' || c == '{') && ++depth > max_depth)
-			return JSON_TOO_DEEP;
-		else if ((c == ']' || c == '}') && depth > 0)
-			depth--;
-		else if (c == '/')
-			return JSON_INVALID;	/* a comment */
-	}
-	return JSON_OK;
-}
-
 static int
 parse_body(const char *body, size_t len, yajl_val *tree, struct lb_error *err)
 {
@@ -572,19 +531,19 @@ parse_body(const char *body, size_t len, yajl_val *tree, struct lb_error *err)
 	if (body == NULL || len == 0)
 		return lb_error_set(err, LB_ERR_BAD_REQUEST, "The request body must be a JSON object.",
 				    "empty body");
-	switch (body_prescan(body, len, BODY_MAX_DEPTH)) {
-	case JSON_OK:
+	/* Strict: no comments, no NUL in any form (strings are C strings here). */
+	switch (jsonscan(body, len, BODY_MAX_DEPTH, 0, NULL)) {
+	case JSONSCAN_OK:
 		break;
-	case JSON_NO_MEMORY:
-		return out_of_memory(err);
-	case JSON_TOO_DEEP:
+	case JSONSCAN_TOO_DEEP:
 		return lb_error_set(err, LB_ERR_BAD_REQUEST, "The request body is nested too deeply.",
 				    "body deeper than %d levels", BODY_MAX_DEPTH);
-	case JSON_HAS_NUL:
+	case JSONSCAN_NUL_ESCAPE:
 		return lb_error_set(err, LB_ERR_BAD_REQUEST,
 				    "The request body must not contain NUL characters.",
 				    "\\u0000 in body");
-	case JSON_INVALID:
+	case JSONSCAN_COMMENT:
+	case JSONSCAN_RAW_NUL:
 		return invalid_body(err);
 	}
 	/* yajl_tree wants a C string; the prescan refused raw NULs. */

@@ -654,6 +654,37 @@ test_syntax_error(void)
 	EXPECT("{`threads`: 4", env_ok, "line 1, column 14: parse error: premature EOF");
 }
 
+/* A deep file is refused before yajl_tree, which frees recursively (a
+ * SIGHUP with 400000 nested arrays crashed the supervisor). */
+static void
+test_nesting_limit(void)
+{
+	size_t n = 400000;
+	char *deep = malloc(2 * n + 16), *quiet = malloc(512), *json_default;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(deep);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(quiet);
+	memcpy(deep, "{`x`:", 5);
+	memset(deep + 5, '[', n);
+	memset(deep + 5 + n, ']', n);
+	strcpy(deep + 5 + 2 * n, "}");
+	/* the 73rd level is the 72nd array, at column 5 + 72 */
+	EXPECT(deep, env_ok, "line 1, column 77: nested deeper than 72 levels");
+	/* Brackets in comments and strings are not nesting. */
+	snprintf(quiet, 512, "// %.100s\n{ /* %.100s */ `mount_prefix`: `/a` }", deep + 5, deep + 5);
+	config_free(load_ok(quiet, env_ok));
+	/* A json parameter's default keeps its own limit inside the file's. */
+	snprintf(quiet, 512, "{`p`: {`in`: `body`, `type`: `json`, `default`: %.64s%.64s}}",
+		 deep + 5, deep + 5 + n);
+	json_default = malloc(129);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(json_default);
+	snprintf(json_default, 129, "%.64s%.64s", deep + 5, deep + 5 + n);
+	expect_default(quiet, json_default);
+	free(json_default);
+	free(quiet);
+	free(deep);
+}
+
 static void
 test_many_problems_together(void)
 {
@@ -1236,6 +1267,7 @@ register_config_tests(void)
 	CU_add_test(s, "server settings", test_server_settings);
 	CU_add_test(s, "comments allowed", test_comments_allowed);
 	CU_add_test(s, "JSON syntax error", test_syntax_error);
+	CU_add_test(s, "nesting limit", test_nesting_limit);
 	CU_add_test(s, "many problems reported together", test_many_problems_together);
 	CU_add_test(s, "routes only plus environment", test_minimal_routes_only_config);
 	CU_add_test(s, "route fields", test_route_fields);

@@ -12,6 +12,7 @@ void register_strbuf_tests(void);
 void register_config_tests(void);
 void register_router_tests(void);
 void register_params_tests(void);
+void register_jsonscan_tests(void);
 void register_responder_tests(void);
 void register_workspace_tests(void);
 void register_retry_tests(void);

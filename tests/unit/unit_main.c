@@ -21,6 +21,7 @@ main(void)
 	register_config_tests();
 	register_router_tests();
 	register_params_tests();
+	register_jsonscan_tests();
 	register_responder_tests();
 	register_workspace_tests();
 	register_retry_tests();
