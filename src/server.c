@@ -68,6 +68,7 @@ struct server {
 	pthread_mutex_t accept_lock;  /* one thread per process waits in epoll_wait() */
 	atomic_bool stopping;
 	atomic_bool retiring;     /* max_requests reached */
+	atomic_bool listener_broken; /* stopping because the socket failed */
 	atomic_long served;
 	atomic_int in_flight;
 	struct request_thread *threads;
@@ -214,6 +215,7 @@ static void
 listener_failed(struct server *srv, const char *error)
 {
 	log_error("the listening socket failed: stopping", "error", error);
+	atomic_store(&srv->listener_broken, true);
 	atomic_store(&srv->stopping, true);
 	pthread_kill(srv->main_thread, SIGTERM);
 }
@@ -569,6 +571,17 @@ server_free(struct server *srv)
 	}
 }
 
+/* After a clean drain: why we stopped, for whoever started us. */
+static int
+exit_status(const struct server *srv)
+{
+	if (atomic_load(&srv->listener_broken))
+		return SERVER_EXIT_LISTENER;
+	if (atomic_load(&srv->retiring))
+		return SERVER_EXIT_RETIRED;
+	return SERVER_EXIT_OK;
+}
+
 int
 server_run(const struct server_options *opt)
 {
@@ -576,7 +589,7 @@ server_run(const struct server_options *opt)
 	struct lb_error err;
 	sigset_t set;
 	char threads[16];
-	int ready_fd = opt->ready_fd;
+	int ready_fd = opt->ready_fd, rc;
 
 	memset(&srv, 0, sizeof(srv));
 	srv.opt = opt;
@@ -614,9 +627,10 @@ server_run(const struct server_options *opt)
 		proc_notify("STOPPING=1");
 	if (drain(&srv, &set) != 0)
 		_exit(SERVER_EXIT_ABANDONED);   /* threads still use the worker: the kernel closes everything */
+	rc = exit_status(&srv);
 	worker_destroy(srv.worker);
 	server_free(&srv);
-	return SERVER_EXIT_OK;
+	return rc;
 }
 
 /* ---- CGI ---- */

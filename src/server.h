@@ -19,10 +19,13 @@
 #include "request.h"
 #include "worker.h"
 
-/* Exit statuses of a worker process (the supervisor reads them). */
-#define SERVER_EXIT_OK		0	/* stopped by a signal, or retired (max_requests) */
+/* Exit statuses of a worker process (the supervisor reads them: only a
+ * retirement is an expected exit it did not ask for). */
+#define SERVER_EXIT_OK		0	/* stopped by a signal */
 #define SERVER_EXIT_ABANDONED	1	/* SIGQUIT, or the grace period ran out */
 #define SERVER_EXIT_STARTUP	3	/* could not start serving */
+#define SERVER_EXIT_RETIRED	4	/* served max_requests and drained */
+#define SERVER_EXIT_LISTENER	5	/* the listening socket failed; drained */
 
 struct server_options {
 	const struct lb_config *cfg;

@@ -226,9 +226,19 @@ describe_status(int status, char *what, size_t len, char *value, size_t vlen)
 	}
 }
 
+static bool
+exited_with(int status, int code)
+{
+	return WIFEXITED(status) && WEXITSTATUS(status) == code;
+}
+
 static void begin_stop(struct supervisor *sv, const char *why, int exit_status);
 
-/* A worker of the serving generation ended without being asked to. */
+/*
+ * A worker of the serving generation ended without being asked to: a
+ * retirement (max_requests) is replaced at once; any other exit, a clean
+ * one included (its listening socket failed, ...), is a death.
+ */
 static void
 replace_worker(struct supervisor *sv, const struct child *c, int status)
 {
@@ -238,7 +248,7 @@ replace_worker(struct supervisor *sv, const struct child *c, int status)
 	snprintf(pid, sizeof(pid), "%ld", (long)c->pid);
 	snprintf(uptime, sizeof(uptime), "%lld", up);
 	describe_status(status, what, sizeof(what), value, sizeof(value));
-	if (WIFEXITED(status) && WEXITSTATUS(status) == SERVER_EXIT_OK) {
+	if (exited_with(status, SERVER_EXIT_RETIRED)) {
 		log_info("worker retired (max_requests): starting a new one", "pid", pid, "uptime_ms", uptime);
 		sv->pending_starts++;
 		return;
@@ -398,7 +408,8 @@ child_exited(struct supervisor *sv, const struct child *c, int status)
 	if (c->stop_sent || sv->stopping) {
 		log_info("worker exited", "pid", pid, what, value);
 		/* A worker that had to abandon requests makes the stop unclean. */
-		if (sv->stopping && !(WIFEXITED(status) && WEXITSTATUS(status) == SERVER_EXIT_OK))
+		if (sv->stopping && !exited_with(status, SERVER_EXIT_OK) &&
+		    !exited_with(status, SERVER_EXIT_RETIRED))
 			sv->exit_status = 1;
 		return;
 	}
