@@ -31,12 +31,13 @@
 #include "supervisor.h"
 
 /* A worker that dies sooner than this after starting counts as a quick
- * death; quick deaths in a row delay the next start. */
+ * death; quick deaths in a row delay the next start. A worker that serves
+ * and has run this long, started since the last death, ends the row. */
 #define QUICK_DEATH_MS		5000
 #define BACKOFF_FIRST_MS	100
 #define BACKOFF_MAX_MS		30000
-/* While no worker has ever served, this many quick deaths in a row end
- * the supervisor: the configuration cannot work (bad user, ...). */
+/* While no worker has ever served, this many deaths in a row end the
+ * supervisor: the configuration cannot work (bad user, ...). */
 #define STARTUP_GIVE_UP		5
 /* A reload's workers must all serve within this, or the reload is undone. */
 #define RELOAD_START_MS		30000
@@ -66,8 +67,10 @@ struct supervisor {
 	long long reload_deadline_ms;
 	bool reload_again;        /* SIGHUP during a reload */
 
-	bool ever_ready;          /* some worker has served */
-	int quick_deaths;
+	bool ever_served;         /* some worker has served: never give up */
+	bool all_ready_told;      /* "every worker serves" logged and notified */
+	int quick_deaths;         /* deaths in a row (see QUICK_DEATH_MS) */
+	long long last_death_ms;
 	int pending_starts;       /* replacements waiting for restart_at_ms */
 	long long restart_at_ms;
 
@@ -108,7 +111,9 @@ add_child(struct supervisor *sv, pid_t pid, unsigned generation)
 		sv->children = grown;
 		sv->cap = cap;
 	}
-	sv->children[sv->nchildren++] = (struct child){ pid, generation, false, false, clock_monotonic_ms() };
+	sv->children[sv->nchildren++] = (struct child){
+		.pid = pid, .generation = generation, .started_ms = clock_monotonic_ms(),
+	};
 	return 0;
 }
 
@@ -232,6 +237,33 @@ exited_with(int status, int code)
 	return WIFEXITED(status) && WEXITSTATUS(status) == code;
 }
 
+/* Served and lived past the quick-death window. */
+static bool
+has_held(const struct child *c, long long now)
+{
+	return c->ready && now - c->started_ms >= QUICK_DEATH_MS;
+}
+
+/*
+ * The row of quick deaths is over once a worker started since the last
+ * death has held: the crash loop ended, and a later death starts a new row
+ * without backoff. Workers older than the last death do not count, or a
+ * healthy one would hide a slot that keeps dying. Called before exited
+ * children are forgotten, so a worker that held and then retired counts.
+ */
+static void
+end_row_if_held(struct supervisor *sv)
+{
+	long long now = clock_monotonic_ms();
+
+	for (size_t i = 0; i < sv->nchildren; i++) {
+		const struct child *c = &sv->children[i];
+
+		if (c->started_ms >= sv->last_death_ms && has_held(c, now))
+			sv->quick_deaths = 0;
+	}
+}
+
 static void begin_stop(struct supervisor *sv, const char *why, int exit_status);
 
 /*
@@ -242,7 +274,7 @@ static void begin_stop(struct supervisor *sv, const char *why, int exit_status);
 static void
 replace_worker(struct supervisor *sv, const struct child *c, int status)
 {
-	long long up = clock_monotonic_ms() - c->started_ms, delay;
+	long long now = clock_monotonic_ms(), up = now - c->started_ms, delay;
 	char pid[16], uptime[24], what[16], value[16], in[24], deaths[16];
 
 	snprintf(pid, sizeof(pid), "%ld", (long)c->pid);
@@ -253,10 +285,11 @@ replace_worker(struct supervisor *sv, const struct child *c, int status)
 		sv->pending_starts++;
 		return;
 	}
-	if (c->ready && up >= QUICK_DEATH_MS)
-		sv->quick_deaths = 0;
+	if (has_held(c, now))
+		sv->quick_deaths = 0;	/* a death after a long life starts a new row */
 	sv->quick_deaths++;
-	if (!sv->ever_ready && sv->quick_deaths >= STARTUP_GIVE_UP) {
+	sv->last_death_ms = now;
+	if (!sv->ever_served && sv->quick_deaths >= STARTUP_GIVE_UP) {
 		log_error("workers cannot start: giving up (see the errors above)", "pid", pid, what, value);
 		begin_stop(sv, "workers cannot start", 1);
 		return;
@@ -429,6 +462,7 @@ reap_children(struct supervisor *sv)
 	pid_t pid;
 	int status;
 
+	end_row_if_held(sv);
 	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
 		struct child *c = find_child(sv, pid);
 
@@ -449,13 +483,16 @@ read_ready(struct supervisor *sv)
 	for (ssize_t i = 0; n > 0 && i < n / (ssize_t)sizeof(pid_t); i++) {
 		struct child *c = find_child(sv, pids[i]);
 
-		if (c != NULL)
+		if (c != NULL) {
 			c->ready = true;
+			sv->ever_served = true;
+		}
 	}
-	if (!sv->ever_ready && count_children(sv, sv->generation, true) == (size_t)supervisor_workers(sv->opt->cfg)) {
+	if (!sv->all_ready_told &&
+	    count_children(sv, sv->generation, true) == (size_t)supervisor_workers(sv->opt->cfg)) {
 		char n_workers[16];
 
-		sv->ever_ready = true;
+		sv->all_ready_told = true;
 		snprintf(n_workers, sizeof(n_workers), "%d", supervisor_workers(sv->opt->cfg));
 		log_info("supervisor ready: every worker serves", "workers", n_workers);
 		proc_daemon_ready(&sv->opt->daemon_ready_fd);
