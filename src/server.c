@@ -43,6 +43,11 @@ extern char **environ;
 
 /* How often the drain looks at its threads and its signals. */
 #define DRAIN_TICK_MS 20
+/* Threads with no request in flight leave as soon as the drain wakes them:
+ * they get this long whatever the grace period (0 included), so that a
+ * stop with nothing in flight is clean. Below the supervisor's margin
+ * beyond the grace period (STOP_MARGIN_MS). */
+#define DRAIN_IDLE_MS 1000
 /* A failing accept (EMFILE, ...) is retried after this pause, not spun on. */
 #define ACCEPT_ERROR_PAUSE_MS 100
 /* The most a request's end waits for the web server's end-of-input record. */
@@ -476,6 +481,16 @@ reap_threads(struct server *srv)
 	return running;
 }
 
+/* The grace period is over and a request is still running (or idle
+ * threads have not left in DRAIN_IDLE_MS). */
+static bool
+drain_over(const struct server *srv, long long started_ms, long long now)
+{
+	if (now - started_ms < srv->opt->cfg->shutdown_grace_ms)
+		return false;
+	return atomic_load(&srv->in_flight) > 0 || now - started_ms >= DRAIN_IDLE_MS;
+}
+
 /*
  * Stops accepting and waits for the requests in flight, at most the grace
  * period, still answering SIGQUIT (exit now) and SIGUSR1. Returns 0 when
@@ -485,7 +500,7 @@ static int
 drain(struct server *srv, const sigset_t *set)
 {
 	const struct lb_config *cfg = srv->opt->cfg;
-	long long deadline = clock_monotonic_ms() + cfg->shutdown_grace_ms;
+	long long started_ms = clock_monotonic_ms();
 	struct timespec tick = { 0, DRAIN_TICK_MS * 1000000L };
 	char count[16], grace[16];
 	int sig;
@@ -496,7 +511,7 @@ drain(struct server *srv, const sigset_t *set)
 		 "reason", atomic_load(&srv->retiring) ? "max_requests reached" : NULL);
 	begin_stop(srv);
 	while (reap_threads(srv) > 0) {
-		if (clock_monotonic_ms() >= deadline) {
+		if (drain_over(srv, started_ms, clock_monotonic_ms())) {
 			snprintf(count, sizeof(count), "%d", atomic_load(&srv->in_flight));
 			log_error("shutdown grace period over: abandoning the requests still running",
 				  "in_flight", count, "grace_ms", grace);
