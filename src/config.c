@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/un.h>
 
 #include <openssl/crypto.h>
 #include <yajl/yajl_gen.h>
@@ -32,6 +33,7 @@
 #define ARRAY_LEN(a)		(sizeof(a) / sizeof((a)[0]))
 #define MAX_CONFIG_BYTES	(16 * 1024 * 1024)
 #define MAX_FIELDS		40	/* keys of the largest object in the schema */
+#define UNIX_PATH_MAX_TEXT	"107"	/* sizeof(sun_path) - 1, for messages */
 #define MAX_JSON_DEPTH		64	/* nesting of a json parameter's default */
 /* The whole file: a json default's own levels plus the schema's around it
  * (root, routes, a route, params, a parameter). */
@@ -272,6 +274,7 @@ static const struct field param_fields[PK__COUNT] = {
 
 _Static_assert(ARRAY_LEN(top_fields) <= MAX_FIELDS, "MAX_FIELDS too small");
 _Static_assert(RK__COUNT <= MAX_FIELDS, "MAX_FIELDS too small");
+_Static_assert(sizeof(((struct sockaddr_un *)NULL)->sun_path) == 108, "UNIX_PATH_MAX_TEXT");
 
 /* ---- problems and the current JSON path ---- */
 
@@ -2152,26 +2155,38 @@ valid_url_path(const char *s)
 	return true;
 }
 
-/* "host:port", "[v6]:port", ":port" or "unix:/absolute/path". */
-static bool
-valid_listen(const char *s)
+/* "host:port", "[v6]:port", ":port" or "unix:/absolute/path": NULL, or
+ * what is wrong. A unix path must fit sockaddr_un (the socket could not
+ * be opened) and has no control characters (a newline would forge log
+ * lines and is no name anyone means). */
+static const char *
+listen_problem(const char *s)
 {
 	const char *colon;
 
-	if (strncmp(s, "unix:", 5) == 0)
-		return s[5] == '/';
+	if (strncmp(s, "unix:", 5) == 0) {
+		if (s[5] != '/')
+			return "must be \"HOST:PORT\" or \"unix:/PATH\"";
+		if (has_control(s + 5))
+			return "the unix socket path must not contain control characters";
+		if (strlen(s + 5) >= sizeof(((struct sockaddr_un *)NULL)->sun_path))
+			return "the unix socket path must be at most " UNIX_PATH_MAX_TEXT " bytes";
+		return NULL;
+	}
 	colon = strrchr(s, ':');
-	return colon != NULL && valid_port_text(colon + 1, strlen(colon + 1)) &&
-	       !has_space_or_control(s);
+	if (colon != NULL && valid_port_text(colon + 1, strlen(colon + 1)) && !has_space_or_control(s))
+		return NULL;
+	return "must be \"HOST:PORT\" or \"unix:/PATH\"";
 }
 
 static void
 check_server(struct loader *ld, const struct lb_config *cfg)
 {
 	static const char bad_path[] = "must start with '/' (no spaces, '?' or '#')";
+	const char *wrong;
 
-	if (cfg->listen != NULL && !valid_listen(cfg->listen))
-		problem_at(ld, "listen", "must be \"HOST:PORT\" or \"unix:/PATH\"");
+	if (cfg->listen != NULL && (wrong = listen_problem(cfg->listen)) != NULL)
+		problem_at(ld, "listen", "%s", wrong);
 	if (!valid_url_path(cfg->healthz_path))
 		problem_at(ld, "health.healthz_path", "%s", bad_path);
 	if (!valid_url_path(cfg->readyz_path))

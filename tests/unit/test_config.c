@@ -625,6 +625,15 @@ test_server_settings(void)
 	EXPECT("{`listen`: `localhost`}", env_ok, "listen: must be \"HOST:PORT\" or \"unix:/PATH\"");
 	EXPECT("{`listen`: `unix:rel.sock`}", env_ok,
 	       "listen: must be \"HOST:PORT\" or \"unix:/PATH\"");
+	EXPECT("{`listen`: `unix:/run/a\\nb.sock`}", env_ok,
+	       "listen: the unix socket path must not contain control characters");
+	EXPECT("{`listen`: `unix:/run/lakebase-fcgi/0123456789012345678901234567890123456789"
+	       "01234567890123456789012345678901234567890123.sock`}", env_ok,
+	       "listen: the unix socket path must be at most 107 bytes");
+	/* 107 bytes fit (sun_path keeps one for the NUL). */
+	config_free(load_ok("{`listen`: `unix:/run/lakebase-fcgi/0123456789012345678901234567890123456789"
+			    "0123456789012345678901234567890123456789012.sock`}", env_ok));
+	config_free(load_ok("{`listen`: `unix:/run/with space.sock`}", env_ok));
 	config_free(load_ok("{`listen`: `127.0.0.1:9000`}", env_ok));
 	config_free(load_ok("{`listen`: `[::1]:9000`}", env_ok));
 }
