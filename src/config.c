@@ -84,10 +84,32 @@ static const struct env_setting env_settings[S__COUNT] = {
 struct loader {
 	struct config_problems *problems;
 	config_getenv_fn getenv_fn;
+	const struct config_overrides *overrides;	/* NULL: none */
 	struct strbuf path;		/* JSON path of the node being read */
 	bool out_of_memory;
 	const char *origin[S__COUNT];	/* where each setting came from, for messages */
 };
+
+/* String settings a command-line flag can set; the flag names the key in
+ * messages when it did. */
+struct flag_setting {
+	const char *key;
+	const char *label;	/* "key (--flag)" */
+	size_t offset;		/* of its char * in struct lb_config */
+	size_t given;		/* of its const char * in struct config_overrides */
+};
+
+#define FLAG(key, flag) \
+	{ #key, #key " (" flag ")", offsetof(struct lb_config, key), offsetof(struct config_overrides, key) }
+static const struct flag_setting flag_settings[] = {
+	FLAG(listen, "--listen"),
+	FLAG(socket_owner, "--socket-owner"),
+	FLAG(socket_group, "--socket-group"),
+	FLAG(user, "--user"),
+	FLAG(group, "--group"),
+	FLAG(pidfile, "--pidfile"),
+};
+#undef FLAG
 
 /* Name tables, in the order of their enums. */
 static const char *const auth_names[] = { "service-principal", "on-behalf-of-user", NULL };
@@ -2031,6 +2053,58 @@ note_env(struct lb_config *cfg, const char *path, const char *env)
 	config_note_source(cfg, path, source);
 }
 
+/* The flag's value for a flag_settings entry; NULL when not given. */
+static const char *
+flag_value(const struct loader *ld, const struct flag_setting *fs)
+{
+	if (ld->overrides == NULL)
+		return NULL;
+	return *(const char *const *)(const void *)((const char *)ld->overrides + fs->given);
+}
+
+/* How messages name `key`: "pidfile (--pidfile)" when a flag set it. */
+static const char *
+key_name(const struct loader *ld, const char *key)
+{
+	for (size_t i = 0; i < ARRAY_LEN(flag_settings); i++) {
+		if (strcmp(flag_settings[i].key, key) == 0 && flag_value(ld, &flag_settings[i]) != NULL)
+			return flag_settings[i].label;
+	}
+	return key;
+}
+
+/* After the environment, before any check: a flag's value is checked as
+ * the key's would be. */
+static void
+apply_flags(struct loader *ld, struct lb_config *cfg)
+{
+	static const char source[] = "command line";
+	const struct config_overrides *ov = ld->overrides;
+	const char *v;
+
+	if (ov == NULL)
+		return;
+	for (size_t i = 0; i < ARRAY_LEN(flag_settings); i++) {
+		if ((v = flag_value(ld, &flag_settings[i])) != NULL) {
+			store_string(ld, string_field(cfg, flag_settings[i].offset), v, false);
+			config_note_source(cfg, flag_settings[i].key, source);
+		}
+	}
+	/* main parsed these within the keys' ranges */
+	if (ov->threads > 0) {
+		cfg->threads = ov->threads;
+		config_note_source(cfg, "threads", source);
+	}
+	if (ov->workers_set) {
+		cfg->workers = ov->workers;
+		config_note_source(cfg, "workers", source);
+	}
+	if (ov->socket_mode != CONFIG_SOCKET_MODE_UNSET) {
+		cfg->socket_mode = ov->socket_mode;
+		config_note_source(cfg, "socket_mode", source);
+	}
+}
+
 static void
 apply_environment(struct loader *ld, struct lb_config *cfg)
 {
@@ -2186,7 +2260,7 @@ check_server(struct loader *ld, const struct lb_config *cfg)
 	const char *wrong;
 
 	if (cfg->listen != NULL && (wrong = listen_problem(cfg->listen)) != NULL)
-		problem_at(ld, "listen", "%s", wrong);
+		problem_at(ld, key_name(ld, "listen"), "%s", wrong);
 	if (!valid_url_path(cfg->healthz_path))
 		problem_at(ld, "health.healthz_path", "%s", bad_path);
 	if (!valid_url_path(cfg->readyz_path))
@@ -2256,16 +2330,16 @@ check_process(struct loader *ld, const struct lb_config *cfg)
 		problem_at(ld, "mount_prefix",
 			   "must be a path such as \"/api\": segments of letters, digits and -._~, "
 			   "no trailing '/', no '.' or '..', no %%-escapes");
-	check_absolute(ld, "pidfile", cfg->pidfile);
+	check_absolute(ld, key_name(ld, "pidfile"), cfg->pidfile);
 	check_absolute(ld, "log_file", cfg->log_file);
 	if (cfg->user != NULL && has_space_or_control(cfg->user))
-		problem_at(ld, "user", "must be a user name or number");
+		problem_at(ld, key_name(ld, "user"), "must be a user name or number");
 	if (cfg->group != NULL && has_space_or_control(cfg->group))
-		problem_at(ld, "group", "must be a group name or number");
+		problem_at(ld, key_name(ld, "group"), "must be a group name or number");
 	if (cfg->socket_owner != NULL && has_space_or_control(cfg->socket_owner))
-		problem_at(ld, "socket_owner", "must be a user name or number");
+		problem_at(ld, key_name(ld, "socket_owner"), "must be a user name or number");
 	if (cfg->socket_group != NULL && has_space_or_control(cfg->socket_group))
-		problem_at(ld, "socket_group", "must be a group name or number");
+		problem_at(ld, key_name(ld, "socket_group"), "must be a group name or number");
 }
 
 /* Whether a route with only literal segments has exactly this path. */
@@ -2554,13 +2628,15 @@ process_getenv(const char *name)
 }
 
 static void
-loader_init(struct loader *ld, struct config_problems *problems, config_getenv_fn getenv_fn)
+loader_init(struct loader *ld, struct config_problems *problems, config_getenv_fn getenv_fn,
+	    const struct config_overrides *overrides)
 {
 	memset(ld, 0, sizeof(*ld));
 	problems->items = NULL;
 	problems->count = 0;
 	ld->problems = problems;
 	ld->getenv_fn = getenv_fn != NULL ? getenv_fn : process_getenv;
+	ld->overrides = overrides;
 	strbuf_init(&ld->path);
 }
 
@@ -2600,6 +2676,7 @@ load(struct loader *ld, const char *text, const char *file)
 		yajl_tree_free(root);
 	}
 	apply_environment(ld, cfg);
+	apply_flags(ld, cfg);
 	check_connection(ld, cfg);
 	check_server(ld, cfg);
 	check_process(ld, cfg);
@@ -2609,13 +2686,14 @@ load(struct loader *ld, const char *text, const char *file)
 }
 
 struct lb_config *
-config_load(const char *file, config_getenv_fn getenv_fn, struct config_problems *problems)
+config_load(const char *file, config_getenv_fn getenv_fn, const struct config_overrides *overrides,
+	    struct config_problems *problems)
 {
 	struct lb_config *cfg;
 	struct loader ld;
 	char *text = NULL;
 
-	loader_init(&ld, problems, getenv_fn);
+	loader_init(&ld, problems, getenv_fn, overrides);
 	if (file != NULL) {
 		text = read_file(&ld, file);
 		if (text == NULL)
@@ -2631,11 +2709,11 @@ config_load(const char *file, config_getenv_fn getenv_fn, struct config_problems
 
 struct lb_config *
 config_load_string(const char *json, config_getenv_fn getenv_fn,
-		   struct config_problems *problems)
+		   const struct config_overrides *overrides, struct config_problems *problems)
 {
 	struct loader ld;
 
-	loader_init(&ld, problems, getenv_fn);
+	loader_init(&ld, problems, getenv_fn, overrides);
 	return load(&ld, json, NULL);
 }
 

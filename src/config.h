@@ -2,8 +2,8 @@
  * config.h - the worker's configuration: one JSON file (comments allowed)
  * plus environment variables, validated up front.
  *
- * Precedence, highest first: command-line flags (applied by main), the
- * environment variables below, the JSON file, built-in defaults.
+ * Precedence, highest first: command-line flags (struct config_overrides),
+ * the environment variables below, the JSON file, built-in defaults.
  *
  *   DATABRICKS_HOST          workspace.host   ("https://" added if no scheme;
  *                                              "http://" only for loopback)
@@ -180,16 +180,38 @@ struct config_problems {
 };
 
 /*
- * Loads `file` (may be NULL: environment and defaults only) and the process
+ * Command-line flags: they win over the environment and the file, and are
+ * checked by the same rules as the keys they set (a problem names both:
+ * "pidfile (--pidfile)"). NULL, 0, false or CONFIG_SOCKET_MODE_UNSET: not
+ * given.
+ */
+struct config_overrides {
+	const char *listen;
+	const char *socket_owner;
+	const char *socket_group;
+	const char *user;
+	const char *group;
+	const char *pidfile;
+	int threads;
+	bool workers_set;
+	int workers;
+	int socket_mode;
+};
+
+/*
+ * Loads `file` (may be NULL: environment and defaults only), the process
  * environment through `getenv_fn` (pass NULL for getenv; tests pass their
- * own). Returns a config, or NULL with `problems` filled. On success problems
- * may still be empty. The caller frees both.
+ * own) and `overrides` (may be NULL). Returns a config, or NULL with
+ * `problems` filled. On success problems may still be empty. The caller
+ * frees both.
  */
 typedef const char *(*config_getenv_fn)(const char *name);
 struct lb_config *config_load(const char *file, config_getenv_fn getenv_fn,
+			      const struct config_overrides *overrides,
 			      struct config_problems *problems);
 /* The same from a string (unit tests); NULL: environment and defaults only. */
 struct lb_config *config_load_string(const char *json, config_getenv_fn getenv_fn,
+				     const struct config_overrides *overrides,
 				     struct config_problems *problems);
 void config_free(struct lb_config *cfg);     /* wipes secrets */
 void config_problems_free(struct config_problems *problems);

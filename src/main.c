@@ -274,66 +274,33 @@ parse_options(int argc, char **argv, struct options *opt)
 
 /* ---- the configuration ---- */
 
-static int
-override_text(char **field, const char *value)
+/* The flags that set configuration keys, for config_load to apply and
+ * check like the file's values. */
+static void
+flag_overrides(const struct options *opt, struct config_overrides *ov)
 {
-	char *copy;
-
-	if (value == NULL)
-		return 0;
-	copy = strdup(value);
-	if (copy == NULL)
-		return -1;
-	free(*field);
-	*field = copy;
-	return 0;
-}
-
-/* Flags beat the file and the environment. */
-static int
-apply_overrides(struct lb_config *cfg, const struct options *opt)
-{
-	static const char flag[] = "command line";
-
-	if (opt->threads > 0) {
-		cfg->threads = opt->threads;
-		config_note_source(cfg, "threads", flag);
-	}
-	if (opt->workers_set) {
-		cfg->workers = opt->workers;
-		config_note_source(cfg, "workers", flag);
-	}
-	if (opt->socket_mode != CONFIG_SOCKET_MODE_UNSET) {
-		cfg->socket_mode = opt->socket_mode;
-		config_note_source(cfg, "socket_mode", flag);
-	}
-	if (opt->listen != NULL)
-		config_note_source(cfg, "listen", flag);
-	if (opt->socket_owner != NULL)
-		config_note_source(cfg, "socket_owner", flag);
-	if (opt->socket_group != NULL)
-		config_note_source(cfg, "socket_group", flag);
-	if (opt->user != NULL)
-		config_note_source(cfg, "user", flag);
-	if (opt->group != NULL)
-		config_note_source(cfg, "group", flag);
-	if (opt->pidfile != NULL)
-		config_note_source(cfg, "pidfile", flag);
-	if (override_text(&cfg->listen, opt->listen) != 0 ||
-	    override_text(&cfg->socket_owner, opt->socket_owner) != 0 ||
-	    override_text(&cfg->socket_group, opt->socket_group) != 0 ||
-	    override_text(&cfg->user, opt->user) != 0 || override_text(&cfg->group, opt->group) != 0 ||
-	    override_text(&cfg->pidfile, opt->pidfile) != 0)
-		return -1;
-	return 0;
+	memset(ov, 0, sizeof(*ov));
+	ov->listen = opt->listen;
+	ov->socket_owner = opt->socket_owner;
+	ov->socket_group = opt->socket_group;
+	ov->user = opt->user;
+	ov->group = opt->group;
+	ov->pidfile = opt->pidfile;
+	ov->threads = opt->threads;
+	ov->workers_set = opt->workers_set;
+	ov->workers = opt->workers;
+	ov->socket_mode = opt->socket_mode;
 }
 
 static struct lb_config *
 load_config(const struct options *opt)
 {
 	struct config_problems problems = { NULL, 0 };
-	struct lb_config *cfg = config_load(opt->config_file, NULL, &problems);
+	struct config_overrides ov;
+	struct lb_config *cfg;
 
+	flag_overrides(opt, &ov);
+	cfg = config_load(opt->config_file, NULL, &ov, &problems);
 	if (cfg == NULL || problems.count > 0) {
 		fprintf(stderr, "lakebase-fcgi: configuration %s has %zu problem%s:\n",
 			opt->config_file ? opt->config_file : "(environment)", problems.count,
@@ -344,11 +311,6 @@ load_config(const struct options *opt)
 		return NULL;
 	}
 	config_problems_free(&problems);
-	if (apply_overrides(cfg, opt) != 0) {
-		fprintf(stderr, "lakebase-fcgi: out of memory\n");
-		config_free(cfg);
-		return NULL;
-	}
 	return cfg;
 }
 
@@ -358,8 +320,11 @@ reload_config(void *ctx)
 {
 	const struct options *opt = ctx;
 	struct config_problems problems = { NULL, 0 };
-	struct lb_config *cfg = config_load(opt->config_file, NULL, &problems);
+	struct config_overrides ov;
+	struct lb_config *cfg;
 
+	flag_overrides(opt, &ov);
+	cfg = config_load(opt->config_file, NULL, &ov, &problems);
 	if (cfg == NULL || problems.count > 0) {
 		for (size_t i = 0; i < problems.count; i++) {
 			const struct config_problem *p = &problems.items[i];
@@ -372,11 +337,6 @@ reload_config(void *ctx)
 		return NULL;
 	}
 	config_problems_free(&problems);
-	if (apply_overrides(cfg, opt) != 0) {
-		log_error("configuration reload: out of memory");
-		config_free(cfg);
-		return NULL;
-	}
 	pool_warn_costly_settings(cfg);
 	return cfg;
 }

@@ -56,7 +56,7 @@ load(const char *src, const char *const *env, struct config_problems *p)
 		}
 	}
 	current_env = env;
-	cfg = config_load_string(text, fake_getenv, p);
+	cfg = config_load_string(text, fake_getenv, NULL, p);
 	free(text);
 	return cfg;
 }
@@ -638,6 +638,51 @@ test_server_settings(void)
 	config_free(load_ok("{`listen`: `[::1]:9000`}", env_ok));
 }
 
+/* Command-line flags win over the file and are checked by the same rules,
+ * the problem naming the key and the flag. */
+static void
+test_flag_overrides(void)
+{
+	struct config_overrides ov = { .socket_mode = CONFIG_SOCKET_MODE_UNSET };
+	struct config_problems p;
+	struct lb_config *cfg;
+
+	ov.pidfile = "rel.pid";
+	ov.listen = "garbage";
+	ov.user = "a b";
+	current_env = env_ok;
+	cfg = config_load_string("{\"pidfile\": \"/run/x.pid\"}", fake_getenv, &ov, &p);
+	CU_ASSERT_PTR_NULL(cfg);
+	CU_ASSERT_EQUAL_FATAL(p.count, 3);
+	CU_ASSERT_STRING_EQUAL(p.items[0].path, "listen (--listen)");
+	CU_ASSERT_STRING_EQUAL(p.items[0].message, "must be \"HOST:PORT\" or \"unix:/PATH\"");
+	CU_ASSERT_STRING_EQUAL(p.items[1].path, "pidfile (--pidfile)");
+	CU_ASSERT_STRING_EQUAL(p.items[1].message, "must be an absolute path");
+	CU_ASSERT_STRING_EQUAL(p.items[2].path, "user (--user)");
+	config_problems_free(&p);
+
+	/* A flag replaces the file's value, a wrong one included. */
+	memset(&ov, 0, sizeof(ov));
+	ov.socket_mode = 0600;
+	ov.listen = "unix:/run/lakebase-fcgi/x.sock";
+	ov.pidfile = "/run/x.pid";
+	ov.threads = 3;
+	ov.workers_set = true;
+	ov.workers = CONFIG_WORKERS_AUTO;
+	cfg = config_load_string("{\"listen\": \"127.0.0.1:9000\", \"pidfile\": \"rel.pid\", \"threads\": 8}",
+				 fake_getenv, &ov, &p);
+	CU_ASSERT_EQUAL(p.count, 0);
+	print_problems(&p);
+	config_problems_free(&p);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+	CU_ASSERT_STRING_EQUAL(cfg->listen, "unix:/run/lakebase-fcgi/x.sock");
+	CU_ASSERT_STRING_EQUAL(cfg->pidfile, "/run/x.pid");
+	CU_ASSERT_EQUAL(cfg->threads, 3);
+	CU_ASSERT_EQUAL(cfg->workers, CONFIG_WORKERS_AUTO);
+	CU_ASSERT_EQUAL(cfg->socket_mode, 0600);
+	config_free(cfg);
+}
+
 static void
 test_comments_allowed(void)
 {
@@ -1144,7 +1189,7 @@ test_files(void)
 	char *name;
 
 	current_env = env_ok;
-	cfg = config_load("/nonexistent/lakebase.json", fake_getenv, &p);
+	cfg = config_load("/nonexistent/lakebase.json", fake_getenv, NULL, &p);
 	CU_ASSERT_PTR_NULL(cfg);
 	CU_ASSERT_EQUAL_FATAL(p.count, 1);
 	CU_ASSERT_STRING_EQUAL(p.items[0].path, "");
@@ -1153,7 +1198,7 @@ test_files(void)
 	config_problems_free(&p);
 
 	name = write_temp(valid, sizeof(valid) - 1);
-	cfg = config_load(name, fake_getenv, &p);
+	cfg = config_load(name, fake_getenv, NULL, &p);
 	CU_ASSERT_PTR_NOT_NULL(cfg);
 	CU_ASSERT_EQUAL(p.count, 0);
 	if (cfg != NULL)
@@ -1164,7 +1209,7 @@ test_files(void)
 	free(name);
 
 	name = write_temp("{}\0", 3);
-	cfg = config_load(name, fake_getenv, &p);
+	cfg = config_load(name, fake_getenv, NULL, &p);
 	CU_ASSERT_PTR_NULL(cfg);
 	CU_ASSERT_EQUAL_FATAL(p.count, 1);
 	CU_ASSERT_TRUE(strstr(p.items[0].message, ": contains a NUL byte") != NULL);
@@ -1173,7 +1218,7 @@ test_files(void)
 	free(name);
 
 	name = write_temp("{\n\"threads\": }", 14);
-	cfg = config_load(name, fake_getenv, &p);
+	cfg = config_load(name, fake_getenv, NULL, &p);
 	CU_ASSERT_PTR_NULL(cfg);
 	CU_ASSERT_EQUAL_FATAL(p.count, 1);
 	{
@@ -1199,7 +1244,7 @@ test_sample_config(void)
 
 	snprintf(path, sizeof(path), "%s/etc/lakebase-fcgi.json", srcdir ? srcdir : ".");
 	current_env = env_ok;
-	cfg = config_load(path, fake_getenv, &p);
+	cfg = config_load(path, fake_getenv, NULL, &p);
 	CU_ASSERT_PTR_NOT_NULL(cfg);
 	print_problems(&p);
 	if (cfg != NULL) {
@@ -1274,6 +1319,7 @@ register_config_tests(void)
 	CU_add_test(s, "wrong types", test_wrong_types);
 	CU_add_test(s, "ranges", test_ranges);
 	CU_add_test(s, "server settings", test_server_settings);
+	CU_add_test(s, "command-line flags", test_flag_overrides);
 	CU_add_test(s, "comments allowed", test_comments_allowed);
 	CU_add_test(s, "JSON syntax error", test_syntax_error);
 	CU_add_test(s, "nesting limit", test_nesting_limit);

@@ -74,7 +74,7 @@ static struct lb_config *
 load(const char *json)
 {
 	struct config_problems p;
-	struct lb_config *cfg = config_load_string(json, test_getenv, &p);
+	struct lb_config *cfg = config_load_string(json, test_getenv, NULL, &p);
 
 	config_problems_free(&p);
 	return cfg;
@@ -364,7 +364,7 @@ test_config_keys(void)
 	CU_ASSERT_STRING_EQUAL(cfg->metrics_allow, "any");
 	config_free(cfg);
 
-	cfg = config_load_string("{\"metrics\": {\"path\": \"/healthz\"}}", test_getenv, &p);
+	cfg = config_load_string("{\"metrics\": {\"path\": \"/healthz\"}}", test_getenv, NULL, &p);
 	CU_ASSERT_PTR_NULL(cfg);
 	CU_ASSERT_EQUAL(p.count, 1);
 	if (p.count == 1) {

@@ -79,7 +79,7 @@ load_with(const char *extra, char *out, size_t outlen)
 	size_t used = 0;
 
 	snprintf(json, sizeof(json), "{%s%s%s}", ENV_JSON, extra[0] ? ", " : "", extra);
-	cfg = config_load_string(json, no_env, &p);
+	cfg = config_load_string(json, no_env, NULL, &p);
 	out[0] = '\0';
 	for (size_t i = 0; i < p.count && used < outlen; i++) {
 		int n = snprintf(out + used, outlen - used, "%s%s: %s", i ? "\n" : "", p.items[i].path,

@@ -975,7 +975,7 @@ static struct lb_config *
 load_cache_config(const char *json, const char *const *env, struct config_problems *p)
 {
 	cache_env = env;
-	return config_load_string(json, cache_getenv, p);
+	return config_load_string(json, cache_getenv, NULL, p);
 }
 
 /* The config is refused with exactly one problem, `expected`. */
