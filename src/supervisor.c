@@ -13,6 +13,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -327,23 +328,66 @@ same_text(const char *a, const char *b)
 	return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
 }
 
-/* Settings that only a restart applies: say so rather than ignore them. */
-static void
-warn_restart_only(const struct lb_config *old, const struct lb_config *new)
-{
-	static const char hint[] = "changed in the configuration: takes effect at the next restart";
+/*
+ * Settings that only a restart applies: the socket and the files the
+ * supervisor opened at start, and the user the workers run as (they share
+ * the socket, the log file and the credential cache made for it).
+ */
+static const struct {
+	const char *key;
+	size_t offset;            /* of its char * in struct lb_config */
+} restart_only[] = {
+	{ "listen", offsetof(struct lb_config, listen) },
+	{ "user", offsetof(struct lb_config, user) },
+	{ "group", offsetof(struct lb_config, group) },
+	{ "pidfile", offsetof(struct lb_config, pidfile) },
+	{ "log_file", offsetof(struct lb_config, log_file) },
+	{ "socket_owner", offsetof(struct lb_config, socket_owner) },
+	{ "socket_group", offsetof(struct lb_config, socket_group) },
+};
 
-	if (!same_text(old->listen, new->listen))
-		log_warn("listen changed: the socket stays until a restart", "hint", hint);
-	if (!same_text(old->user, new->user) || !same_text(old->group, new->group))
-		log_warn("user/group changed", "hint", hint);
-	if (!same_text(old->pidfile, new->pidfile) || !same_text(old->log_file, new->log_file))
-		log_warn("pidfile/log_file changed", "hint", hint);
-	if (!same_text(old->socket_owner, new->socket_owner) || !same_text(old->socket_group, new->socket_group) ||
-	    old->socket_mode != new->socket_mode)
-		log_warn("socket_owner/socket_group/socket_mode changed", "hint", hint);
-	/* The credential cache belongs to one deployment (credential.c): the new
-	 * workers refuse it while the old ones run, which undoes the reload. */
+static void
+warn_restart_only(const char *key)
+{
+	log_warn("setting changed: it takes effect at the next restart; the running value stays",
+		 "key", key);
+}
+
+/* A reload keeps the running value of each restart-only setting, and says
+ * so when the file changed it. -1: out of memory. */
+static int
+keep_restart_only(const struct lb_config *running, struct lb_config *next)
+{
+	for (size_t i = 0; i < sizeof(restart_only) / sizeof(restart_only[0]); i++) {
+		const char *kept = *(char *const *)(const void *)((const char *)running + restart_only[i].offset);
+		char **field = (char **)(void *)((char *)next + restart_only[i].offset);
+		char *copy = NULL;
+
+		if (same_text(kept, *field))
+			continue;
+		warn_restart_only(restart_only[i].key);
+		if (kept != NULL && (copy = strdup(kept)) == NULL)
+			return -1;
+		free(*field);
+		*field = copy;
+	}
+	if (running->socket_mode != next->socket_mode) {
+		warn_restart_only("socket_mode");
+		next->socket_mode = running->socket_mode;
+	}
+	if (next->workers == 0) {
+		log_warn("workers 0 (no supervisor) needs a restart: keeping the current number");
+		next->workers = running->workers;
+	}
+	return 0;
+}
+
+/* The credential cache belongs to one deployment (credential.c): new
+ * workers of another refuse it while the old ones run, which undoes the
+ * reload. Says so before trying. */
+static void
+warn_other_deployment(const struct lb_config *old, const struct lb_config *new)
+{
 	if (!same_text(old->databricks_host, new->databricks_host) ||
 	    !same_text(old->lakebase_endpoint, new->lakebase_endpoint) ||
 	    !same_text(old->pg_database, new->pg_database) ||
@@ -351,7 +395,7 @@ warn_restart_only(const struct lb_config *old, const struct lb_config *new)
 	    !same_text(old->static_token, new->static_token))
 		log_warn("workspace host, Lakebase endpoint, database or service principal changed: "
 			 "the new workers cannot share the running workers' credential cache, so "
-			 "this reload fails", "hint", hint);
+			 "this reload fails", "hint", "restart the service to apply it");
 }
 
 static void
@@ -387,10 +431,12 @@ begin_reload(struct supervisor *sv)
 		proc_notify("READY=1");
 		return;
 	}
-	warn_restart_only(sv->opt->cfg, cfg);
-	if (cfg->workers == 0) {
-		log_warn("workers 0 (no supervisor) needs a restart: keeping the current number");
-		cfg->workers = sv->opt->cfg->workers;
+	warn_other_deployment(sv->opt->cfg, cfg);
+	if (keep_restart_only(sv->opt->cfg, cfg) != 0) {
+		log_error("configuration reload: out of memory; the running configuration stays");
+		config_free(cfg);
+		proc_notify("READY=1");
+		return;
 	}
 	sv->next_cfg = cfg;
 	sv->reload_deadline_ms = clock_monotonic_ms() + RELOAD_START_MS;
