@@ -42,16 +42,7 @@
 
 struct options {
 	char *config_file;        /* absolute (a daemon re-reads it from "/") */
-	const char *listen;
-	int threads;              /* 0: from the config */
-	int workers;              /* with workers_set: overrides the config */
-	bool workers_set;
-	int socket_mode;          /* CONFIG_SOCKET_MODE_UNSET: from the config */
-	const char *socket_owner;
-	const char *socket_group;
-	const char *user;
-	const char *group;
-	const char *pidfile;
+	struct config_overrides keys;  /* flags that set configuration keys */
 	bool daemon;
 	bool check_config;
 	bool cache_status;        /* issue 4: print the shared credential cache */
@@ -128,16 +119,16 @@ parse_workers_arg(const char *text, struct options *opt)
 {
 	long v;
 
-	opt->workers_set = true;
+	opt->keys.workers_set = true;
 	if (strcmp(text, "auto") == 0) {
-		opt->workers = CONFIG_WORKERS_AUTO;
+		opt->keys.workers = CONFIG_WORKERS_AUTO;
 		return 0;
 	}
 	if (parse_int_arg("--workers", text, 0, CONFIG_WORKERS_MAX, &v) != 0) {
 		fprintf(stderr, "lakebase-fcgi: (or --workers auto)\n");
 		return -1;
 	}
-	opt->workers = (int)v;
+	opt->keys.workers = (int)v;
 	return 0;
 }
 
@@ -192,31 +183,31 @@ take_option(int c, const char *arg, struct options *opt, const char **config_fil
 		*config_file = arg;
 		break;
 	case OPT_LISTEN:
-		opt->listen = arg;
+		opt->keys.listen = arg;
 		break;
 	case OPT_THREADS:
 		if (parse_int_arg("--threads", arg, 1, 1024, &v) != 0)
 			return -1;
-		opt->threads = (int)v;
+		opt->keys.threads = (int)v;
 		break;
 	case OPT_WORKERS:
 		return parse_workers_arg(arg, opt);
 	case OPT_SOCKET_MODE:
-		return parse_mode_arg(arg, &opt->socket_mode);
+		return parse_mode_arg(arg, &opt->keys.socket_mode);
 	case OPT_SOCKET_OWNER:
-		opt->socket_owner = arg;
+		opt->keys.socket_owner = arg;
 		break;
 	case OPT_SOCKET_GROUP:
-		opt->socket_group = arg;
+		opt->keys.socket_group = arg;
 		break;
 	case OPT_USER:
-		opt->user = arg;
+		opt->keys.user = arg;
 		break;
 	case OPT_GROUP:
-		opt->group = arg;
+		opt->keys.group = arg;
 		break;
 	case OPT_PIDFILE:
-		opt->pidfile = arg;
+		opt->keys.pidfile = arg;
 		break;
 	case OPT_FOREGROUND:
 		opt->daemon = false;
@@ -244,7 +235,7 @@ parse_options(int argc, char **argv, struct options *opt)
 	int c;
 
 	memset(opt, 0, sizeof(*opt));
-	opt->socket_mode = CONFIG_SOCKET_MODE_UNSET;
+	opt->keys.socket_mode = CONFIG_SOCKET_MODE_UNSET;
 	while ((c = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
 		if (c == OPT_VERSION) {
 			printf("lakebase-fcgi %s\n", PACKAGE_VERSION);
@@ -274,33 +265,12 @@ parse_options(int argc, char **argv, struct options *opt)
 
 /* ---- the configuration ---- */
 
-/* The flags that set configuration keys, for config_load to apply and
- * check like the file's values. */
-static void
-flag_overrides(const struct options *opt, struct config_overrides *ov)
-{
-	memset(ov, 0, sizeof(*ov));
-	ov->listen = opt->listen;
-	ov->socket_owner = opt->socket_owner;
-	ov->socket_group = opt->socket_group;
-	ov->user = opt->user;
-	ov->group = opt->group;
-	ov->pidfile = opt->pidfile;
-	ov->threads = opt->threads;
-	ov->workers_set = opt->workers_set;
-	ov->workers = opt->workers;
-	ov->socket_mode = opt->socket_mode;
-}
-
 static struct lb_config *
 load_config(const struct options *opt)
 {
 	struct config_problems problems = { NULL, 0 };
-	struct config_overrides ov;
-	struct lb_config *cfg;
+	struct lb_config *cfg = config_load(opt->config_file, NULL, &opt->keys, &problems);
 
-	flag_overrides(opt, &ov);
-	cfg = config_load(opt->config_file, NULL, &ov, &problems);
 	if (cfg == NULL || problems.count > 0) {
 		fprintf(stderr, "lakebase-fcgi: configuration %s has %zu problem%s:\n",
 			opt->config_file ? opt->config_file : "(environment)", problems.count,
@@ -320,11 +290,8 @@ reload_config(void *ctx)
 {
 	const struct options *opt = ctx;
 	struct config_problems problems = { NULL, 0 };
-	struct config_overrides ov;
-	struct lb_config *cfg;
+	struct lb_config *cfg = config_load(opt->config_file, NULL, &opt->keys, &problems);
 
-	flag_overrides(opt, &ov);
-	cfg = config_load(opt->config_file, NULL, &ov, &problems);
 	if (cfg == NULL || problems.count > 0) {
 		for (size_t i = 0; i < problems.count; i++) {
 			const struct config_problem *p = &problems.items[i];
@@ -346,7 +313,7 @@ reload_config(void *ctx)
 static bool
 cgi_requested(const struct options *opt)
 {
-	return opt->listen == NULL && getenv("GATEWAY_INTERFACE") != NULL && !fd_is_listening_socket(0);
+	return opt->keys.listen == NULL && getenv("GATEWAY_INTERFACE") != NULL && !fd_is_listening_socket(0);
 }
 
 /*
@@ -464,7 +431,7 @@ run_single(const struct options *opt, const struct lb_config *cfg, const struct 
 	so.cfg = cfg;
 	so.listen_fd = l->fd;
 	/* A process manager sends one request at a time per process. */
-	so.threads = managed && opt->threads == 0 ? 1 : cfg->threads;
+	so.threads = managed && opt->keys.threads == 0 ? 1 : cfg->threads;
 	so.max_requests = 0;   /* recycling is the process manager's job */
 	so.ready_fd = daemon_fd;
 	so.role = managed ? "managed" : "server";
