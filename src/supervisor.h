@@ -3,13 +3,18 @@
  * spawn FastCGI applications). It holds the listening socket and N worker
  * processes that share it, each running server_run().
  *
- *   worker dies          restarted; after quick deaths in a row, with a
- *                        growing delay (a crash loop is logged, not spun)
+ *   worker exits         retired (max_requests, exit 4): replaced at once;
+ *                        any other exit not asked for is a death: restarted,
+ *                        after quick deaths in a row with a growing delay
+ *                        (a crash loop is logged, not spun); gives up only
+ *                        while no worker has ever served
  *   SIGTERM, SIGINT      workers stop accepting and finish their requests
  *                        (shutdown_grace_ms), then the supervisor returns 0
  *   SIGQUIT              workers exit at once; returns 1
  *   SIGHUP               the configuration is re-read and validated; if
- *                        valid, a new generation of workers starts, and
+ *                        valid, a new generation of workers starts (with
+ *                        the running listen, user, group, pidfile,
+ *                        log_file and socket_*: they need a restart), and
  *                        only once all of them serve are the old ones
  *                        drained; if not, nothing changes and the problems
  *                        are logged
