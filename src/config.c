@@ -2492,18 +2492,25 @@ problem_in_text(struct loader *ld, const char *text, const char *file, size_t of
 
 /* yajl_tree has no depth limit and frees recursively: deep nesting would
  * overflow the stack (a SIGHUP with such a file would end the supervisor).
- * Refused before parsing; comments and \u0000 stay allowed as before. */
+ * Refused before parsing, as is \u0000 in a string: yajl_tree's strings
+ * are C strings, so the value would silently end there. Comments stay
+ * allowed. */
 static bool
-nesting_within_limit(struct loader *ld, const char *text, const char *file)
+json_text_acceptable(struct loader *ld, const char *text, const char *file)
 {
 	char what[64];
 	size_t where;
 
-	if (jsonscan(text, strlen(text), MAX_FILE_DEPTH, JSONSCAN_COMMENTS | JSONSCAN_NUL_ESCAPES,
-		     &where) == JSONSCAN_OK)
+	switch (jsonscan(text, strlen(text), MAX_FILE_DEPTH, JSONSCAN_COMMENTS, &where)) {
+	case JSONSCAN_OK:
 		return true;
-	/* read_file refused NUL bytes: only the depth can fail here */
-	snprintf(what, sizeof(what), "nested deeper than %d levels", MAX_FILE_DEPTH);
+	case JSONSCAN_NUL_ESCAPE:
+		snprintf(what, sizeof(what), "\\u0000 in a string (a NUL would cut it short)");
+		break;
+	default:	/* read_file refused NUL bytes: the depth */
+		snprintf(what, sizeof(what), "nested deeper than %d levels", MAX_FILE_DEPTH);
+		break;
+	}
 	problem_in_text(ld, text, file, where, what);
 	return false;
 }
@@ -2514,7 +2521,7 @@ parse_json(struct loader *ld, const char *text, const char *file)
 	char errbuf[1024];
 	yajl_val root;
 
-	if (!nesting_within_limit(ld, text, file))
+	if (!json_text_acceptable(ld, text, file))
 		return NULL;
 	errbuf[0] = '\0';
 	root = yajl_tree_parse(text, errbuf, sizeof(errbuf));	/* allows comments */

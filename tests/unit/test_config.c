@@ -706,6 +706,9 @@ test_syntax_error(void)
 	EXPECT("{`threads`: 4,\n  b: 5}", env_ok,
 	       "line 2, column 3: lexical error: invalid char in json text.");
 	EXPECT("{`threads`: 4", env_ok, "line 1, column 14: parse error: premature EOF");
+	/* yajl_tree would cut the string at the NUL: refused, not shortened. */
+	EXPECT("{`mount_prefix`: `/a\\u0000b`}", env_ok,
+	       "line 1, column 21: \\u0000 in a string (a NUL would cut it short)");
 }
 
 /* A deep file is refused before yajl_tree, which frees recursively (a
