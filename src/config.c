@@ -2507,6 +2507,9 @@ json_text_acceptable(struct loader *ld, const char *text, const char *file)
 	case JSONSCAN_NUL_ESCAPE:
 		snprintf(what, sizeof(what), "\\u0000 in a string (a NUL would cut it short)");
 		break;
+	case JSONSCAN_LONE_SURROGATE:
+		snprintf(what, sizeof(what), "a \\u escape of half a surrogate pair");
+		break;
 	default:	/* read_file refused NUL bytes: the depth */
 		snprintf(what, sizeof(what), "nested deeper than %d levels", MAX_FILE_DEPTH);
 		break;

@@ -15,6 +15,56 @@ nul_escape_at(const char *text, size_t len, size_t i)
 	return len - i >= 6 && memcmp(text + i + 1, "u0000", 5) == 0;
 }
 
+static int
+hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* The code unit of the \uXXXX escape at text[i] (the backslash), or -1. */
+static long
+u_escape_at(const char *text, size_t len, size_t i)
+{
+	long unit = 0;
+	int d;
+
+	if (i + 6 > len || text[i] != '\\' || text[i + 1] != 'u')
+		return -1;
+	for (size_t k = i + 2; k < i + 6; k++) {
+		if ((d = hex_digit(text[k])) < 0)
+			return -1;
+		unit = unit * 16 + d;
+	}
+	return unit;
+}
+
+/*
+ * At the escape text[i]: the index of its last character, past the low
+ * half too when it is the high half of a pair; 0 if it is half of a pair
+ * without the other. Any other escape is two characters (the parser
+ * judges it).
+ */
+static size_t
+escape_end(const char *text, size_t len, size_t i)
+{
+	long unit = u_escape_at(text, len, i), low;
+
+	if (unit < 0)
+		return i + 1;
+	if (unit >= 0xDC00 && unit <= 0xDFFF)
+		return 0;	/* a low half first */
+	if (unit < 0xD800 || unit > 0xDBFF)
+		return i + 5;
+	low = u_escape_at(text, len, i + 6);
+	return low >= 0xDC00 && low <= 0xDFFF ? i + 11 : 0;
+}
+
 /* A '/' outside strings: a comment starts (yajl allows // and block ones)
  * or, without a '/' or '*' next, the parser will refuse the text there. */
 static enum scan_state
@@ -50,10 +100,14 @@ jsonscan(const char *text, size_t len, size_t max_depth, unsigned flags, size_t 
 			if (c == '"') {
 				state = IN_VALUE;
 			} else if (c == '\\') {
+				size_t end = escape_end(text, len, i);
+
 				if (!(flags & JSONSCAN_NUL_ESCAPES) && nul_escape_at(text, len, i))
 					verdict = JSONSCAN_NUL_ESCAPE;
+				else if (end == 0)
+					verdict = JSONSCAN_LONE_SURROGATE;
 				else
-					i++;	/* the escaped character */
+					i = end;
 			}
 			break;
 		case IN_LINE_COMMENT:

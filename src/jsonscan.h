@@ -3,7 +3,9 @@
  * what yajl_tree does not refuse by itself: nesting without bound (its
  * tree is freed recursively, so deep text overflows the stack) and, where
  * the caller wants, comments and \u0000 escapes (its strings are C
- * strings, which a NUL would cut). Raw NUL bytes are always refused.
+ * strings, which a NUL would cut). Raw NUL bytes are always refused, and
+ * so is a \u escape of half a surrogate pair without its other half, which
+ * yajl would quietly turn into '?'.
  *
  * Whether the text is JSON is the parser's to judge; the scan only needs
  * to be exact on JSON. Where the text stops being JSON the parser stops
@@ -26,6 +28,7 @@ enum jsonscan_verdict {
 	JSONSCAN_COMMENT,	/* a '/' outside strings, without JSONSCAN_COMMENTS */
 	JSONSCAN_RAW_NUL,	/* a NUL byte */
 	JSONSCAN_NUL_ESCAPE,	/* \u0000 in a string, without JSONSCAN_NUL_ESCAPES */
+	JSONSCAN_LONE_SURROGATE,	/* \uD800-\uDFFF not in a high-low pair */
 };
 
 /* The first problem in text[0..len); its byte offset in *where (may be NULL). */

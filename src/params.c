@@ -542,6 +542,10 @@ parse_body(const char *body, size_t len, yajl_val *tree, struct lb_error *err)
 		return lb_error_set(err, LB_ERR_BAD_REQUEST,
 				    "The request body must not contain NUL characters.",
 				    "\\u0000 in body");
+	case JSONSCAN_LONE_SURROGATE:
+		return lb_error_set(err, LB_ERR_BAD_REQUEST,
+				    "The request body must be valid Unicode: a \\u escape is half a surrogate pair.",
+				    "lone surrogate escape in body");
 	case JSONSCAN_COMMENT:
 	case JSONSCAN_RAW_NUL:
 		return invalid_body(err);

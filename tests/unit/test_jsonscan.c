@@ -30,6 +30,24 @@ nested(size_t n)
 	return s;
 }
 
+/* Half a surrogate pair is refused wherever it is; a pair, escaped in
+ * either case, and other escapes pass. */
+static void
+test_surrogates(void)
+{
+	size_t where = 0;
+
+	CU_ASSERT_EQUAL(scan("[\"\\ud83d\\ude00\"]", 1, 0, NULL), JSONSCAN_OK);
+	CU_ASSERT_EQUAL(scan("[\"\\uD83D\\uDE00 \\u00e9 \\n \\\\u\"]", 1, 0, NULL), JSONSCAN_OK);
+	CU_ASSERT_EQUAL(scan("[\"ab\\ud800\"]", 1, 0, &where), JSONSCAN_LONE_SURROGATE);
+	CU_ASSERT_EQUAL(where, 4);
+	CU_ASSERT_EQUAL(scan("[\"\\udc00\"]", 1, 0, NULL), JSONSCAN_LONE_SURROGATE);
+	CU_ASSERT_EQUAL(scan("[\"\\ud800\\u0041\"]", 1, 0, NULL), JSONSCAN_LONE_SURROGATE);
+	CU_ASSERT_EQUAL(scan("[\"\\ud800x\\udc00\"]", 1, 0, NULL), JSONSCAN_LONE_SURROGATE);
+	CU_ASSERT_EQUAL(scan("[\"\\ud800", 1, 0, NULL), JSONSCAN_LONE_SURROGATE);	/* cut short */
+	CU_ASSERT_EQUAL(scan("[\"\\ud8", 1, 0, NULL), JSONSCAN_OK);	/* the parser refuses it */
+}
+
 static void
 test_depth(void)
 {
@@ -103,6 +121,7 @@ register_jsonscan_tests(void)
 
 	CU_add_test(s, "depth", test_depth);
 	CU_add_test(s, "strings", test_strings);
+	CU_add_test(s, "half a surrogate pair", test_surrogates);
 	CU_add_test(s, "comments", test_comments);
 	CU_add_test(s, "raw NUL", test_raw_nul);
 }
