@@ -18,22 +18,18 @@
 #include <strings.h>
 #include <sys/types.h>
 
-#include <yajl/yajl_gen.h>
 #include <yajl/yajl_parse.h>
-#include <yajl/yajl_tree.h>
 
+#include "bodyfields.h"
 #include "jsonscan.h"
 #include "params.h"
 #include "textfmt.h"
 
 /*
- * Deepest nesting accepted in a request body. It bounds the recursion that
- * frees and re-serialises the body tree, and stays below yajl_gen's own
- * limit (128).
+ * Deepest nesting accepted in a request body: below yajl_gen's own limit
+ * (128), which writes a json parameter's value back.
  */
 #define BODY_MAX_DEPTH 64
-/* How yajl_get_error begins when a callback cancelled the parse. */
-#define YAJL_CANCELLED "parse error: client cancelled"
 
 static int
 out_of_memory(struct lb_error *err)
@@ -522,16 +518,13 @@ invalid_body(struct lb_error *err)
 }
 
 static int
-parse_body(const char *body, size_t len, yajl_val *tree, struct lb_error *err)
+parse_body(const char *body, size_t len, const struct route *route, struct body_value *values,
+	   struct lb_error *err)
 {
-	char errbuf[128] = "";
-	char *copy;
-
-	*tree = NULL;
 	if (body == NULL || len == 0)
 		return lb_error_set(err, LB_ERR_BAD_REQUEST, "The request body must be a JSON object.",
 				    "empty body");
-	/* Strict: no comments, no NUL in any form (strings are C strings here). */
+	/* Strict: no comments, no NUL in any form (field names are C strings). */
 	switch (jsonscan(body, len, BODY_MAX_DEPTH, 0, NULL)) {
 	case JSONSCAN_OK:
 		break;
@@ -550,146 +543,66 @@ parse_body(const char *body, size_t len, yajl_val *tree, struct lb_error *err)
 	case JSONSCAN_RAW_NUL:
 		return invalid_body(err);
 	}
-	/* yajl_tree wants a C string; the prescan refused raw NULs. */
-	copy = malloc(len + 1);
-	if (copy == NULL)
-		return out_of_memory(err);
-	memcpy(copy, body, len);
-	copy[len] = '\0';
-	*tree = yajl_tree_parse(copy, errbuf, sizeof(errbuf));
-	free(copy);
-	if (*tree == NULL) {
-		/* yajl_tree's callbacks cancel the parse only when out of memory.
-		 * The message's start says so: after it yajl quotes the input. */
-		if (errbuf[0] == '\0' ||
-		    strncmp(errbuf, YAJL_CANCELLED, sizeof(YAJL_CANCELLED) - 1) == 0)
-			return out_of_memory(err);
+	switch (body_fields_read(body, len, route, values)) {
+	case BODY_OK:
+		return 0;
+	case BODY_INVALID:
 		return invalid_body(err);
-	}
-	if (!YAJL_IS_OBJECT(*tree)) {
-		yajl_tree_free(*tree);
-		*tree = NULL;
+	case BODY_NOT_OBJECT:
 		return lb_error_set(err, LB_ERR_BAD_REQUEST, "The request body must be a JSON object.",
 				    "body is JSON but not an object");
-	}
-	return 0;
-}
-
-/* The field named like def, or NULL; a field given twice is an error. */
-static int
-body_field(yajl_val obj, const struct param_def *def, yajl_val *field, struct lb_error *err)
-{
-	*field = NULL;
-	for (size_t i = 0; i < obj->u.object.len; i++) {
-		if (strcmp(obj->u.object.keys[i], def->name) != 0)
-			continue;
-		if (*field != NULL)
-			return invalid_param(err, def, "is repeated.");
-		*field = obj->u.object.values[i];
-	}
-	return 0;
-}
-
-static yajl_gen_status
-gen_value(yajl_gen g, yajl_val v)
-{
-	yajl_gen_status st;
-
-	switch (v->type) {
-	case yajl_t_string:
-		return yajl_gen_string(g, (const unsigned char *)v->u.string, strlen(v->u.string));
-	case yajl_t_number:
-		return yajl_gen_number(g, v->u.number.r, strlen(v->u.number.r));
-	case yajl_t_true:
-		return yajl_gen_bool(g, 1);
-	case yajl_t_false:
-		return yajl_gen_bool(g, 0);
-	case yajl_t_null:
-		return yajl_gen_null(g);
-	case yajl_t_object:
-		if ((st = yajl_gen_map_open(g)) != yajl_gen_status_ok)
-			return st;
-		for (size_t i = 0; i < v->u.object.len; i++) {
-			const char *k = v->u.object.keys[i];
-
-			if ((st = yajl_gen_string(g, (const unsigned char *)k, strlen(k))) !=
-			    yajl_gen_status_ok)
-				return st;
-			if ((st = gen_value(g, v->u.object.values[i])) != yajl_gen_status_ok)
-				return st;
-		}
-		return yajl_gen_map_close(g);
-	case yajl_t_array:
-		if ((st = yajl_gen_array_open(g)) != yajl_gen_status_ok)
-			return st;
-		for (size_t i = 0; i < v->u.array.len; i++)
-			if ((st = gen_value(g, v->u.array.values[i])) != yajl_gen_status_ok)
-				return st;
-		return yajl_gen_array_close(g);
-	case yajl_t_any:
+	case BODY_NO_MEMORY:
+		return out_of_memory(err);
+	case BODY_REWRITE_FAILED:
 		break;
 	}
-	return yajl_gen_invalid_string;
+	return lb_error_set(err, LB_ERR_INTERNAL, "The request could not be processed.",
+			    "re-serialising a json body parameter failed");
 }
 
-/* A body value of type json, written back out compactly. */
+/* A json parameter's value, as the body's reader wrote it back. */
 static int
-bind_body_json(const struct param_def *def, yajl_val v, char **slot, struct lb_error *err)
+bind_body_json(const struct param_def *def, struct body_value *v, char **slot, struct lb_error *err)
 {
-	yajl_gen g = yajl_gen_alloc(NULL);
-	const unsigned char *buf;
-	size_t len;
-	int rc = 0;
-
-	if (g == NULL)
-		return out_of_memory(err);
-	if (gen_value(g, v) != yajl_gen_status_ok ||
-	    yajl_gen_get_buf(g, &buf, &len) != yajl_gen_status_ok) {
-		rc = lb_error_set(err, LB_ERR_INTERNAL, "The request could not be processed.",
-				  "re-serialising body parameter %s failed", def->name);
-	} else if (def->max_length >= 0 && len > (size_t)def->max_length) {
-		rc = invalid_param(err, def, "is longer than %ld bytes.", def->max_length);
-	} else {
-		*slot = strndup((const char *)buf, len);
-		if (*slot == NULL)
-			rc = out_of_memory(err);
-	}
-	yajl_gen_free(g);
-	return rc;
+	if (def->max_length >= 0 && v->json_len > (size_t)def->max_length)
+		return invalid_param(err, def, "is longer than %ld bytes.", def->max_length);
+	*slot = v->json;	/* the value's text moves to the slot */
+	v->json = NULL;
+	return 0;
 }
 
 static int
-bind_body(const struct param_def *def, yajl_val v, char **slot, struct lb_error *err)
+bind_body(const struct param_def *def, struct body_value *v, char **slot, struct lb_error *err)
 {
 	*slot = NULL;
-	if (v == NULL)
+	if (v->repeated)
+		return invalid_param(err, def, "is repeated.");
+	if (v->kind == BODY_ABSENT)
 		return bind_missing(def, slot, err);
-	if (YAJL_IS_NULL(v))
+	if (v->kind == BODY_NULL)
 		return def->required ? invalid_param(err, def, "is required.") : 0;
 
 	switch (def->type) {
 	case PT_TEXT:
 	case PT_UUID:
 	case PT_TIMESTAMPTZ:
-		if (!YAJL_IS_STRING(v))
+		if (v->kind != BODY_STRING)
 			return wrong_type(err, def);
-		return bind_text(def, v->u.string, slot, err);
+		return bind_text(def, v->text, slot, err);
 	case PT_INT:
 	case PT_BIGINT:
 		/* The number's own text: range errors then name the limit. */
-		if (!YAJL_IS_NUMBER(v) || !is_strict_integer(v->u.number.r))
+		if (v->kind != BODY_NUMBER || !is_strict_integer(v->text))
 			return wrong_type(err, def);
-		return bind_text(def, v->u.number.r, slot, err);
+		return bind_text(def, v->text, slot, err);
 	case PT_NUMERIC:
-		if (YAJL_IS_NUMBER(v))
-			return bind_text(def, v->u.number.r, slot, err);
-		if (YAJL_IS_STRING(v))
-			return bind_text(def, v->u.string, slot, err);
-		return wrong_type(err, def);
-	case PT_BOOL:
-		if (!YAJL_IS_TRUE(v) && !YAJL_IS_FALSE(v))
+		if (v->kind != BODY_NUMBER && v->kind != BODY_STRING)
 			return wrong_type(err, def);
-		*slot = strdup(YAJL_IS_TRUE(v) ? "true" : "false");
+		return bind_text(def, v->text, slot, err);
+	case PT_BOOL:
+		if (v->kind != BODY_TRUE && v->kind != BODY_FALSE)
+			return wrong_type(err, def);
+		*slot = strdup(v->kind == BODY_TRUE ? "true" : "false");
 		return *slot != NULL ? 0 : out_of_memory(err);
 	case PT_JSON:
 		return bind_body_json(def, v, slot, err);
@@ -723,24 +636,24 @@ params_bind(const struct route *route, char *const *path_values, const char *que
 	size_t n = route->nparams;
 	char *query_inline[INLINE_QUERY_VALUES] = { NULL };
 	char **query = n <= INLINE_QUERY_VALUES ? query_inline : calloc(n, sizeof(*query));
-	yajl_val tree = NULL;
+	bool has_body = route_has_body_params(route);
+	struct body_value *body_values = has_body ? calloc(n, sizeof(*body_values)) : NULL;
 	int rc = -1;
 
 	out->count = 0;
 	out->values = calloc(n ? n : 1, sizeof(*out->values));
-	if (out->values == NULL || query == NULL) {
+	if (out->values == NULL || query == NULL || (has_body && body_values == NULL)) {
 		out_of_memory(err);
 		goto done;
 	}
 	out->count = n;
 	if (collect_query(route, query_string, query, err) < 0)
 		goto done;
-	if (route_has_body_params(route) && parse_body(body, body_len, &tree, err) < 0)
+	if (has_body && parse_body(body, body_len, route, body_values, err) < 0)
 		goto done;
 
 	for (size_t i = 0; i < n; i++) {
 		const struct param_def *def = &route->params[i];
-		yajl_val field;
 
 		switch (def->in) {
 		case PARAM_IN_PATH:
@@ -750,9 +663,7 @@ params_bind(const struct route *route, char *const *path_values, const char *que
 			rc = bind_text(def, query[i], &out->values[i], err);
 			break;
 		case PARAM_IN_BODY:
-			rc = body_field(tree, def, &field, err);
-			if (rc == 0)
-				rc = bind_body(def, field, &out->values[i], err);
+			rc = bind_body(def, &body_values[i], &out->values[i], err);
 			break;
 		}
 		if (rc < 0)
@@ -761,7 +672,8 @@ params_bind(const struct route *route, char *const *path_values, const char *que
 	rc = 0;
 done:
 	free_values(query, n, query_inline);
-	yajl_tree_free(tree);
+	body_values_free(body_values, has_body ? n : 0);
+	free(body_values);
 	if (rc < 0)
 		bound_params_free(out);
 	return rc < 0 ? -1 : 0;

@@ -583,9 +583,35 @@ static void
 test_body_repeated_field(void)
 {
 	struct param_def t = def("title", PARAM_IN_BODY, PT_TEXT);
+	struct param_def j = def("j", PARAM_IN_BODY, PT_JSON);
 
 	expect_bind_error(t, "", "{\"title\":\"a\",\"title\":\"b\"}", LB_ERR_INVALID_PARAM,
 			  "Parameter 'title' is repeated.");
+	expect_bind_error(t, "", "{\"title\":[1],\"title\":\"b\"}", LB_ERR_INVALID_PARAM,
+			  "Parameter 'title' is repeated.");
+	expect_bind_error(j, "", "{\"j\":{\"a\":1},\"x\":2,\"j\":[2]}", LB_ERR_INVALID_PARAM,
+			  "Parameter 'j' is repeated.");
+}
+
+/* Only the top object's fields are the route's: the same names deeper
+ * down, in fields the route does not declare, are not. */
+static void
+test_body_fields_only_at_the_top(void)
+{
+	struct param_def t = def("title", PARAM_IN_BODY, PT_TEXT);
+	struct param_def j = def("j", PARAM_IN_BODY, PT_JSON);
+
+	expect_bound(t, "", "{\"x\":{\"title\":\"inner\",\"y\":[{\"title\":1}]},\"title\":\"outer\"}",
+		     "outer");
+	expect_bound(t, "", "{\"x\":{\"title\":\"inner\"}}", NULL);
+	expect_bound(j, "", "{\"j\":{\"j\":{\"j\":[[],{}]}},\"k\":{\"j\":1}}",
+		     "{\"j\":{\"j\":[[],{}]}}");
+	expect_bind_error(t, "", "{\"title\":{\"a\":\"b\"}}", LB_ERR_INVALID_PARAM,
+			  "Parameter 'title' must be a string.");
+	/* Half a surrogate pair would have become '?'. */
+	expect_bind_error(t, "", "{\"title\":\"a\\ud800\"}", LB_ERR_BAD_REQUEST,
+			  "The request body must be valid Unicode: a \\u escape is half a surrogate pair.");
+	expect_bound(t, "", "{\"title\":\"\\ud83d\\ude00\"}", "\xf0\x9f\x98\x80");
 }
 
 static void
@@ -741,6 +767,7 @@ register_params_tests(void)
 	CU_add_test(s, "values in $n order", test_values_in_position_order);
 	CU_add_test(s, "query: more parameters than the stack holds", test_many_query_params);
 	CU_add_test(s, "body: must be a JSON object", test_body_must_be_object);
+	CU_add_test(s, "body: only the top object's fields, nested names ignored", test_body_fields_only_at_the_top);
 	CU_add_test(s, "body: ignored without body params", test_body_ignored_without_body_params);
 	CU_add_test(s, "body: body_len is honoured", test_body_uses_body_len);
 	CU_add_test(s, "body: NUL and depth", test_body_nul_and_depth);
