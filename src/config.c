@@ -29,6 +29,7 @@
 #include "jsonscan.h"
 #include "log.h"
 #include "strbuf.h"
+#include "textfmt.h"
 
 #define ARRAY_LEN(a)		(sizeof(a) / sizeof((a)[0]))
 #define MAX_CONFIG_BYTES	(16 * 1024 * 1024)
@@ -835,16 +836,19 @@ read_typed_number(struct loader *ld, enum param_type type, yajl_val v, double *o
 	return true;
 }
 
+/* A bound is kept as written: values are compared with it exactly
+ * (decimal_compare), where a double would round (bigints past 2^53). */
 static void
 read_bound(struct loader *ld, struct param_def *def, bool have_type, yajl_val v,
-	   const char *key, double *bound, bool *has_bound)
+	   const char *key, char **bound)
 {
 	size_t mark = path_push_key(ld, key);
+	double ignored;
 
 	if (have_type && !is_number_type(def->type))
 		problem(ld, "only allowed for int, bigint and numeric parameters");
-	else if (have_type && read_typed_number(ld, def->type, v, bound, NULL))
-		*has_bound = true;
+	else if (have_type && read_typed_number(ld, def->type, v, &ignored, NULL))
+		*bound = dup_string(ld, v->u.number.r, strlen(v->u.number.r));
 	path_pop(ld, mark);
 }
 
@@ -863,16 +867,17 @@ read_max_length(struct loader *ld, struct param_def *def, bool have_type, yajl_v
 
 /* "must be between 1 and 500", "must be at least 1", "must be at most 500" */
 static bool
-check_bounds(struct loader *ld, const struct param_def *def, double value)
+check_bounds(struct loader *ld, const struct param_def *def, const char *value)
 {
-	if ((!def->has_min || value >= def->min) && (!def->has_max || value <= def->max))
+	if ((def->min == NULL || decimal_compare(value, def->min) >= 0) &&
+	    (def->max == NULL || decimal_compare(value, def->max) <= 0))
 		return true;
-	if (def->has_min && def->has_max)
-		problem(ld, "must be between %.17g and %.17g", def->min, def->max);
-	else if (def->has_min)
-		problem(ld, "must be at least %.17g", def->min);
+	if (def->min != NULL && def->max != NULL)
+		problem(ld, "must be between %s and %s", def->min, def->max);
+	else if (def->min != NULL)
+		problem(ld, "must be at least %s", def->min);
 	else
-		problem(ld, "must be at most %.17g", def->max);
+		problem(ld, "must be at most %s", def->max);
 	return false;
 }
 
@@ -1035,9 +1040,11 @@ integer_default(struct loader *ld, const struct param_def *def, yajl_val v)
 	long long n;
 	double d;
 
-	if (!read_typed_number(ld, def->type, v, &d, &n) || !check_bounds(ld, def, d))
+	if (!read_typed_number(ld, def->type, v, &d, &n))
 		return NULL;
 	snprintf(digits, sizeof(digits), "%lld", n);
+	if (!check_bounds(ld, def, digits))
+		return NULL;
 	return dup_string(ld, digits, strlen(digits));
 }
 
@@ -1086,7 +1093,7 @@ convert_default(struct loader *ld, const struct param_def *def, yajl_val v)
 	case PT_BIGINT:
 		return integer_default(ld, def, v);
 	case PT_NUMERIC:
-		if (!read_number(ld, v, &d) || !check_bounds(ld, def, d))
+		if (!read_number(ld, v, &d) || !check_bounds(ld, def, v->u.number.r))
 			return NULL;
 		return dup_string(ld, v->u.number.r, strlen(v->u.number.r));
 	case PT_BOOL:
@@ -1177,10 +1184,10 @@ load_param(struct loader *ld, const char *name, yajl_val v, struct param_def *de
 	if (def->in == PARAM_IN_PATH)
 		def->required = true;
 	if (found[PK_MIN] != NULL)
-		read_bound(ld, def, have_type, found[PK_MIN], "min", &def->min, &def->has_min);
+		read_bound(ld, def, have_type, found[PK_MIN], "min", &def->min);
 	if (found[PK_MAX] != NULL)
-		read_bound(ld, def, have_type, found[PK_MAX], "max", &def->max, &def->has_max);
-	if (def->has_min && def->has_max && def->min > def->max) {
+		read_bound(ld, def, have_type, found[PK_MAX], "max", &def->max);
+	if (def->min != NULL && def->max != NULL && decimal_compare(def->min, def->max) > 0) {
 		mark = path_push_key(ld, "min");
 		problem(ld, "must not be greater than max");
 		path_pop(ld, mark);
@@ -2739,6 +2746,8 @@ route_free(struct route *route)
 	for (size_t i = 0; route->params != NULL && i < route->nparams; i++) {
 		free(route->params[i].name);
 		free(route->params[i].default_text);
+		free(route->params[i].min);
+		free(route->params[i].max);
 	}
 	free(route->params);
 	free(route->cache_control);

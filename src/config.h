@@ -55,8 +55,7 @@ struct param_def {
 	enum param_type type;
 	bool required;
 	char *default_text;    /* default, already in the text form sent to PG; NULL if none */
-	bool has_min, has_max; /* int, bigint, numeric */
-	double min, max;
+	char *min, *max;       /* int, bigint, numeric: the bound as written (a JSON number); NULL if none */
 	long max_length;       /* text and json: max characters (bytes for json); -1 = none */
 	int position;          /* 1-based $n in the compiled SQL */
 };

@@ -84,26 +84,14 @@ wrong_type(struct lb_error *err, const struct param_def *def)
 	return invalid_param(err, def, "%s", type_expectation(def->type));
 }
 
-/* Limits from the config are doubles; "1", "500", "0.5" read naturally. */
+/* Limits are compared as written in the config, exactly (textfmt.h). */
 static int
-below_min(struct lb_error *err, const struct param_def *def)
+check_min_max(const char *value, const struct param_def *def, struct lb_error *err)
 {
-	return invalid_param(err, def, "must be at least %.15g.", def->min);
-}
-
-static int
-above_max(struct lb_error *err, const struct param_def *def)
-{
-	return invalid_param(err, def, "must be at most %.15g.", def->max);
-}
-
-static int
-check_min_max(double v, const struct param_def *def, struct lb_error *err)
-{
-	if (def->has_min && v < def->min)
-		return below_min(err, def);
-	if (def->has_max && v > def->max)
-		return above_max(err, def);
+	if (def->min != NULL && decimal_compare(value, def->min) < 0)
+		return invalid_param(err, def, "must be at least %s.", def->min);
+	if (def->max != NULL && decimal_compare(value, def->max) > 0)
+		return invalid_param(err, def, "must be at most %s.", def->max);
 	return 0;
 }
 
@@ -193,11 +181,11 @@ convert_integer(const struct param_def *def, const char *text, struct lb_error *
 		invalid_param(err, def, "must be at most %ld.", (long)INT32_MAX);
 		return NULL;
 	}
-	if (check_min_max((double)v, def, err) < 0)
-		return NULL;
 	/* Canonical digits (no '+', no leading zeros), without a printf. */
 	buf[0] = '-';
 	text_uint(buf + (v < 0), v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v);
+	if (check_min_max(buf, def, err) < 0)
+		return NULL;
 	out = strdup(buf);
 	if (out == NULL)
 		out_of_memory(err);
@@ -213,8 +201,7 @@ convert_numeric(const struct param_def *def, const char *text, struct lb_error *
 		wrong_type(err, def);
 		return NULL;
 	}
-	/* strtod gives +-inf past double range, which still compares right. */
-	if ((def->has_min || def->has_max) && check_min_max(strtod(text, NULL), def, err) < 0)
+	if (check_min_max(text, def, err) < 0)
 		return NULL;
 	out = strdup(text);
 	if (out == NULL)

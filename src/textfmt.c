@@ -224,3 +224,98 @@ text_uint(char *buf, unsigned long long v)
 	buf[n] = '\0';
 	return n;
 }
+
+/* ---- exact decimal comparison ---- */
+
+#define DECIMAL_EXP_MAX 1000000000000000LL
+
+/* A decimal as its significant digits (d[0] != '0' unless it is zero)
+ * and where its point is: value = 0.d x 10^point, negated if negative. */
+struct decimal {
+	bool negative, zero;
+	const char *intp, *frac;	/* the digits before and after the point */
+	size_t int_len, frac_len, first;	/* first: index of the first nonzero digit */
+	long long point;
+};
+
+static char
+decimal_digit(const struct decimal *d, size_t k)
+{
+	if (k < d->int_len)
+		return d->intp[k];
+	return k - d->int_len < d->frac_len ? d->frac[k - d->int_len] : '0';
+}
+
+static long long
+decimal_exponent(const char *p)
+{
+	bool negative = *p == '-';
+	long long e = 0;
+
+	if (*p == '+' || *p == '-')
+		p++;
+	for (; *p >= '0' && *p <= '9'; p++) {
+		if (e < DECIMAL_EXP_MAX)
+			e = e * 10 + (*p - '0');
+	}
+	if (e > DECIMAL_EXP_MAX)
+		e = DECIMAL_EXP_MAX;
+	return negative ? -e : e;
+}
+
+static void
+decimal_parse(const char *s, struct decimal *d)
+{
+	memset(d, 0, sizeof(*d));
+	d->negative = *s == '-';
+	s += d->negative;
+	d->intp = s;
+	while (*s >= '0' && *s <= '9')
+		s++;
+	d->int_len = (size_t)(s - d->intp);
+	if (*s == '.') {
+		d->frac = ++s;
+		while (*s >= '0' && *s <= '9')
+			s++;
+		d->frac_len = (size_t)(s - d->frac);
+	}
+	while (d->first < d->int_len + d->frac_len && decimal_digit(d, d->first) == '0')
+		d->first++;
+	d->zero = d->first == d->int_len + d->frac_len;
+	if (*s == 'e' || *s == 'E')
+		d->point = decimal_exponent(s + 1);
+	d->point += (long long)d->int_len - (long long)d->first;
+}
+
+/* Compares the magnitudes of two nonzero decimals. */
+static int
+decimal_compare_magnitude(const struct decimal *a, const struct decimal *b)
+{
+	size_t na = a->int_len + a->frac_len - a->first, nb = b->int_len + b->frac_len - b->first;
+	char da, db;
+
+	if (a->point != b->point)
+		return a->point < b->point ? -1 : 1;
+	for (size_t k = 0; k < na || k < nb; k++) {
+		da = k < na ? decimal_digit(a, a->first + k) : '0';
+		db = k < nb ? decimal_digit(b, b->first + k) : '0';
+		if (da != db)
+			return da < db ? -1 : 1;
+	}
+	return 0;
+}
+
+int
+decimal_compare(const char *a, const char *b)
+{
+	struct decimal x, y;
+	int sx, sy;
+
+	decimal_parse(a, &x);
+	decimal_parse(b, &y);
+	sx = x.zero ? 0 : (x.negative ? -1 : 1);
+	sy = y.zero ? 0 : (y.negative ? -1 : 1);
+	if (sx != sy || sx == 0)
+		return sx - sy;
+	return sx * decimal_compare_magnitude(&x, &y);
+}

@@ -35,6 +35,14 @@ long url_decode_into(char *dst, const char *src, size_t len, int plus_is_space);
 /* The same into a new string; NULL on a malformed input or no memory. */
 char *url_decode(const char *src, size_t len, int plus_is_space);
 
+/*
+ * Compares two decimal numbers written as JSON numbers (or with leading
+ * zeros): -?digits[.digits][(e|E)[+-]digits]. Exact, whatever their digits
+ * (where a double would round): <0, 0 or >0 as a is below, equal to or
+ * above b. Exponents beyond +-10^15 count as +-10^15.
+ */
+int decimal_compare(const char *a, const char *b);
+
 /* Writes v's decimal digits and a NUL into buf (TEXT_UINT_MAX bytes at
  * least); returns the number of digits. No printf on the hot paths. */
 #define TEXT_UINT_MAX 21

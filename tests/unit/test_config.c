@@ -820,10 +820,8 @@ test_minimal_routes_only_config(void)
 	CU_ASSERT_EQUAL(r->params[0].type, PT_INT);
 	CU_ASSERT_FALSE(r->params[0].required);
 	CU_ASSERT_STRING_EQUAL(r->params[0].default_text, "50");
-	CU_ASSERT_TRUE(r->params[0].has_min);
-	CU_ASSERT_TRUE(r->params[0].has_max);
-	CU_ASSERT_DOUBLE_EQUAL(r->params[0].min, 1, 0);
-	CU_ASSERT_DOUBLE_EQUAL(r->params[0].max, 500, 0);
+	CU_ASSERT_STRING_EQUAL(r->params[0].min, "1");
+	CU_ASSERT_STRING_EQUAL(r->params[0].max, "500");
 
 	r = &cfg->routes[2];
 	CU_ASSERT_STRING_EQUAL(r->method, "POST");
@@ -1122,6 +1120,13 @@ test_default_problems(void)
 	EXPECT_DEFAULT_PROBLEM("{`p`: {`in`: `query`, `type`: `numeric`, `default`: 2.5,"
 			       " `max`: 2.25}}",
 			       "routes[0].params.p.default: must be at most 2.25");
+	/* Exact, past a double's precision. */
+	EXPECT_DEFAULT_PROBLEM("{`p`: {`in`: `query`, `type`: `bigint`, `default`: 9007199254740993,"
+			       " `max`: 9007199254740992}}",
+			       "routes[0].params.p.default: must be at most 9007199254740992");
+	EXPECT_DEFAULT_PROBLEM("{`p`: {`in`: `query`, `type`: `numeric`, `min`: 0.30000000000000001,"
+			       " `max`: 0.3}}",
+			       "routes[0].params.p.min: must not be greater than max");
 	EXPECT_DEFAULT_PROBLEM("{`p`: {`in`: `query`, `type`: `int`, `default`: 1.5}}",
 			       "routes[0].params.p.default: must be an integer");
 	EXPECT_DEFAULT_PROBLEM("{`p`: {`in`: `query`, `type`: `int`, `default`: `5`}}",

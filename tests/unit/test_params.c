@@ -19,14 +19,14 @@ def(const char *name, enum param_source in, enum param_type type)
 	return d;
 }
 
+/* Bounds as the config keeps them: the JSON number's text. */
 static struct param_def
-ranged(const char *name, enum param_type type, double min, double max)
+ranged(const char *name, enum param_type type, const char *min, const char *max)
 {
 	struct param_def d = def(name, PARAM_IN_QUERY, type);
 
-	d.has_min = d.has_max = true;
-	d.min = min;
-	d.max = max;
+	d.min = (char *)min;
+	d.max = (char *)max;
 	return d;
 }
 
@@ -160,7 +160,7 @@ test_bigint_is_64_bit(void)
 static void
 test_int_min_max(void)
 {
-	struct param_def d = ranged("limit", PT_INT, 1, 500);
+	struct param_def d = ranged("limit", PT_INT, "1", "500");
 
 	expect_value(&d, "1", "1");
 	expect_value(&d, "500", "500");
@@ -169,13 +169,35 @@ test_int_min_max(void)
 	expect_refused(&d, "501", "Parameter 'limit' must be at most 500.");
 }
 
+/* Bounds hold exactly, where a double would round: a bigint just past
+ * 2^53, a numeric a hair above its max, in any notation. */
+static void
+test_bounds_are_exact(void)
+{
+	struct param_def b = ranged("b", PT_BIGINT, "-9007199254740992", "9007199254740992");
+	struct param_def n = ranged("n", PT_NUMERIC, "-5E-1", "500");
+
+	expect_value(&b, "9007199254740992", "9007199254740992");
+	expect_refused(&b, "9007199254740993", "Parameter 'b' must be at most 9007199254740992.");
+	expect_refused(&b, "-9007199254740993", "Parameter 'b' must be at least -9007199254740992.");
+	expect_value(&n, "500.000", "500.000");
+	expect_value(&n, "5e2", "5e2");
+	expect_value(&n, "-0.5", "-0.5");
+	expect_value(&n, "0", "0");
+	expect_refused(&n, "500.0000000000000000001", "Parameter 'n' must be at most 500.");
+	expect_refused(&n, "5.000000000000000001e2", "Parameter 'n' must be at most 500.");
+	expect_refused(&n, "-0.50000000000000000001", "Parameter 'n' must be at least -5E-1.");
+	expect_refused(&n, "1e999999999999999999999", "Parameter 'n' must be at most 500.");
+	expect_value(&n, "1e-999999999999999999999", "1e-999999999999999999999");
+}
+
 /* ---- numeric, bool, uuid, timestamptz ------------------------------------ */
 
 static void
 test_numeric(void)
 {
 	struct param_def d = def("n", PARAM_IN_QUERY, PT_NUMERIC);
-	struct param_def r = ranged("price", PT_NUMERIC, 0.5, 99.75);
+	struct param_def r = ranged("price", PT_NUMERIC, "0.5", "99.75");
 	const char *bad[] = { "", "1.", ".5", "+1", "1e", "1e+", "NaN", "Infinity", "1,5", "0x1", " 1" };
 
 	expect_value(&d, "12", "12");
@@ -382,7 +404,7 @@ test_query_malformed_escape(void)
 static void
 test_missing_default_required(void)
 {
-	struct param_def limit = ranged("limit", PT_INT, 1, 500);
+	struct param_def limit = ranged("limit", PT_INT, "1", "500");
 	struct param_def title = def("title", PARAM_IN_QUERY, PT_TEXT);
 	struct param_def opt = def("opt", PARAM_IN_QUERY, PT_TEXT);
 
@@ -668,8 +690,7 @@ test_body_integers(void)
 	expect_bound(b, "", "{\"b\":3000000000}", "3000000000");
 	expect_bind_error(b, "", "{\"b\":9223372036854775808}", LB_ERR_INVALID_PARAM,
 			  "Parameter 'b' must be at most 9223372036854775807.");
-	n.has_max = true;
-	n.max = 10;
+	n.max = "10";
 	expect_bind_error(n, "", "{\"n\":11}", LB_ERR_INVALID_PARAM,
 			  "Parameter 'n' must be at most 10.");
 }
@@ -688,8 +709,7 @@ test_body_numeric(void)
 			  "Parameter 'x' must be a number.");
 	expect_bind_error(x, "", "{\"x\":true}", LB_ERR_INVALID_PARAM,
 			  "Parameter 'x' must be a number.");
-	x.has_min = true;
-	x.min = 0;
+	x.min = "0";
 	expect_bind_error(x, "", "{\"x\":-0.01}", LB_ERR_INVALID_PARAM,
 			  "Parameter 'x' must be at least 0.");
 }
@@ -752,6 +772,7 @@ register_params_tests(void)
 	CU_add_test(s, "int: strict decimal", test_int_strict_decimal);
 	CU_add_test(s, "int: 32-bit range", test_int_is_32_bit);
 	CU_add_test(s, "bigint: 64-bit range", test_bigint_is_64_bit);
+	CU_add_test(s, "bounds: exact, past a double's precision", test_bounds_are_exact);
 	CU_add_test(s, "int: min and max", test_int_min_max);
 	CU_add_test(s, "numeric", test_numeric);
 	CU_add_test(s, "bool", test_bool);
