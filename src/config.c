@@ -468,12 +468,6 @@ is_space(char c)
 	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
 }
 
-static bool
-is_hex(char c)
-{
-	return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
-
 static char
 to_lower(char c)
 {
@@ -893,17 +887,6 @@ utf8_length(const char *s)
 	return n;
 }
 
-static bool
-is_uuid(const char *s)
-{
-	for (size_t i = 0; i < 36; i++) {
-		bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-
-		if (s[i] == '\0' || (dash ? s[i] != '-' : !is_hex(s[i])))
-			return false;
-	}
-	return s[36] == '\0';
-}
 
 /* Reads `n` digits at *p into *out, advancing *p. */
 static bool
@@ -1064,7 +1047,7 @@ string_default(struct loader *ld, const struct param_def *def, yajl_val v)
 		problem(ld, "longer than max_length (%ld characters)", def->max_length);
 		return NULL;
 	}
-	if (def->type == PT_UUID && !is_uuid(s)) {
+	if (def->type == PT_UUID && !text_is_uuid(s)) {
 		problem(ld, "must be a UUID (8-4-4-4-12 hexadecimal digits)");
 		return NULL;
 	}

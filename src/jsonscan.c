@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "jsonscan.h"
+#include "textfmt.h"
 
 enum scan_state { IN_VALUE, IN_STRING, IN_LINE_COMMENT, IN_BLOCK_COMMENT };
 
@@ -13,18 +14,6 @@ static bool
 nul_escape_at(const char *text, size_t len, size_t i)
 {
 	return len - i >= 6 && memcmp(text + i + 1, "u0000", 5) == 0;
-}
-
-static int
-hex_digit(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
 }
 
 /* The code unit of the \uXXXX escape at text[i] (the backslash), or -1. */
@@ -37,7 +26,7 @@ u_escape_at(const char *text, size_t len, size_t i)
 	if (i + 6 > len || text[i] != '\\' || text[i + 1] != 'u')
 		return -1;
 	for (size_t k = i + 2; k < i + 6; k++) {
-		if ((d = hex_digit(text[k])) < 0)
+		if ((d = hex_digit_value((unsigned char)text[k])) < 0)
 			return -1;
 		unit = unit * 16 + d;
 	}

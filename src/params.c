@@ -103,12 +103,6 @@ is_digit(char c)
 	return c >= '0' && c <= '9';
 }
 
-static bool
-is_hex(char c)
-{
-	return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
-
 /* -?(0|[1-9][0-9]*): no '+', no spaces, no leading zeros. */
 static bool
 is_strict_integer(const char *s)
@@ -235,17 +229,9 @@ convert_uuid(const struct param_def *def, const char *text, struct lb_error *err
 {
 	char *out;
 
-	if (strlen(text) != 36) {
+	if (!text_is_uuid(text)) {
 		wrong_type(err, def);
 		return NULL;
-	}
-	for (int i = 0; i < 36; i++) {
-		bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-
-		if (dash ? text[i] != '-' : !is_hex(text[i])) {
-			wrong_type(err, def);
-			return NULL;
-		}
 	}
 	out = strdup(text);
 	if (out == NULL) {

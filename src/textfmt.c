@@ -145,8 +145,8 @@ parse_rfc3339(const char *text, time_t *out)
 	return 0;
 }
 
-static int
-hex_value(unsigned char c)
+int
+hex_digit_value(unsigned char c)
 {
 	if (c >= '0' && c <= '9')
 		return c - '0';
@@ -174,8 +174,8 @@ url_decode_into(char *dst, const char *src, size_t len, int plus_is_space)
 		if (c == '%') {
 			if (len - i < 3)
 				return -1;
-			hi = hex_value((unsigned char)src[i + 1]);
-			lo = hex_value((unsigned char)src[i + 2]);
+			hi = hex_digit_value((unsigned char)src[i + 1]);
+			lo = hex_digit_value((unsigned char)src[i + 2]);
 			if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
 				return -1;
 			dst[o++] = (char)(hi << 4 | lo);
@@ -223,6 +223,18 @@ text_uint(char *buf, unsigned long long v)
 	memcpy(buf, digits + i, n);
 	buf[n] = '\0';
 	return n;
+}
+
+bool
+text_is_uuid(const char *s)
+{
+	for (size_t i = 0; i < 36; i++) {
+		bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+
+		if (s[i] == '\0' || (dash ? s[i] != '-' : hex_digit_value((unsigned char)s[i]) < 0))
+			return false;
+	}
+	return s[36] == '\0';
 }
 
 /* ---- exact decimal comparison ---- */

@@ -8,6 +8,7 @@
 #ifndef LB_TEXTFMT_H
 #define LB_TEXTFMT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <time.h>
 
@@ -34,6 +35,12 @@ int parse_rfc3339(const char *text, time_t *out);
 long url_decode_into(char *dst, const char *src, size_t len, int plus_is_space);
 /* The same into a new string; NULL on a malformed input or no memory. */
 char *url_decode(const char *src, size_t len, int plus_is_space);
+
+/* The value of a hexadecimal digit (either case), or -1. */
+int hex_digit_value(unsigned char c);
+
+/* 8-4-4-4-12 hexadecimal digits (either case), nothing more. */
+bool text_is_uuid(const char *s);
 
 /*
  * Compares two decimal numbers written as JSON numbers (or with leading
