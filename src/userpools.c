@@ -137,25 +137,17 @@ renewal_pass_run(void *arg)
 }
 
 /*
- * Renews the pinned entries' pools that have connections due (proven
- * ones: a pool that never logged in has nothing to renew), up to
- * RENEW_POOLS_AT_ONCE at a time: this thread and helpers for this pass.
- * Returns the sum of pool_renew's results.
+ * Renews the pools of the pinned entries (each with connections due), up
+ * to RENEW_POOLS_AT_ONCE at a time: this thread and helpers for this
+ * pass. Returns the sum of pool_renew's results.
  */
 static int
 renew_entries(struct userpools *up, struct user_entry **pinned, int n)
 {
-	struct renewal_pass pass = { .up = up, .n = 0 };
+	struct renewal_pass pass = { .up = up, .entries = pinned, .n = n };
 	pthread_t helpers[RENEW_POOLS_AT_ONCE - 1];
 	int nhelpers = 0;
 
-	pass.entries = n > 0 ? calloc((size_t)n, sizeof(*pass.entries)) : NULL;
-	if (pass.entries == NULL)
-		return 0;
-	for (int i = 0; i < n; i++) {
-		if (is_proven(up, pinned[i]) && pool_renewal_pending(pinned[i]->pool))
-			pass.entries[pass.n++] = pinned[i];
-	}
 	atomic_init(&pass.next, 0);
 	atomic_init(&pass.progress, 0);
 	while (nhelpers < RENEW_POOLS_AT_ONCE - 1 && nhelpers < pass.n - 1 &&
@@ -164,7 +156,6 @@ renew_entries(struct userpools *up, struct user_entry **pinned, int n)
 	renewal_pass_run(&pass);
 	for (int i = 0; i < nhelpers; i++)
 		pthread_join(helpers[i], NULL);
-	free(pass.entries);
 	return atomic_load(&pass.progress);
 }
 
@@ -497,7 +488,7 @@ int
 userpools_reap(struct userpools *up)
 {
 	struct user_entry **pinned, *e, *next, *dead = NULL;
-	int n = 0, cap, progress;
+	int n = 0, due = 0, cap, progress;
 	int64_t now_ms;
 
 	/* Reap connections outside the lock, on pinned entries. */
@@ -509,10 +500,17 @@ userpools_reap(struct userpools *up)
 		pinned[n++] = e;
 	}
 	pthread_mutex_unlock(&up->lock);
-	for (int i = 0; i < n; i++)
+	/* Each entry is unpinned once reaped unless it has renewals to do: a
+	 * pinned pool cannot make room for a new user (make_room_locked). */
+	for (int i = 0; i < n; i++) {
 		pool_reap(pinned[i]->pool);
-	progress = renew_entries(up, pinned, n);
-	unpin_all(up, pinned, n);
+		if (is_proven(up, pinned[i]) && pool_renewal_pending(pinned[i]->pool))
+			pinned[due++] = pinned[i];
+		else
+			unpin_all(up, &pinned[i], 1);
+	}
+	progress = renew_entries(up, pinned, due);
+	unpin_all(up, pinned, due);
 	free(pinned);
 
 	pthread_mutex_lock(&up->lock);
