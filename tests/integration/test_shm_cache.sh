@@ -583,11 +583,15 @@ run_test "max_host_connections 10 across 4 processes: never more in pg_stat_acti
 
 # --- segment files refused ------------------------------------------------------------------
 
-# start_refused PATH: runs a worker with the segment at PATH; sets RC and
-# ERR (its stderr).
+# start_refused PATH [NAME=VALUE...]: runs a worker with the segment at
+# PATH (and that environment); sets RC and ERR (its stderr).
 start_refused() {
+	local seg=$1
+	shift
+	# shellcheck disable=SC2163 # the arguments are NAME=VALUE words
 	( worker_env_defaults
-	  export LAKEBASE_CREDENTIAL_CACHE_PATH=$1
+	  export LAKEBASE_CREDENTIAL_CACHE_PATH=$seg
+	  (($#)) && export "$@"
 	  timeout 20 "$STACK_WORKER_BIN" -c "$STACK_WORKER_CONFIG" --listen "unix:$IT_TMP/refused.sock" \
 		--threads 1 ) >"$IT_TMP/refused.out" 2>"$IT_TMP/refused.err"
 	RC=$?
@@ -646,6 +650,48 @@ test_segment_files_refused() {
 }
 run_test "segment with wrong permissions, owner, a foreign file, a symlink, no directory: refused" \
 	test_segment_files_refused
+
+# deployment_start NAME SEGMENT [NAME=VALUE...]: a worker of the stack's
+# config on its own socket with the segment at SEGMENT (and that
+# environment), in the background; ready when it serves. Its pidfile and
+# log are $IT_TMP/NAME.pid and .log.
+deployment_start() {
+	local name=$1 seg=$2
+	shift 2
+	# shellcheck disable=SC2163 # the arguments are NAME=VALUE words
+	( worker_env_defaults
+	  export LAKEBASE_CREDENTIAL_CACHE_PATH=$seg
+	  (($#)) && export "$@"
+	  start_bg "$name" "$IT_TMP/$name.pid" "$IT_TMP/$name.log" "$STACK_WORKER_BIN" \
+		-c "$STACK_WORKER_CONFIG" --listen "unix:$IT_TMP/$name.sock" --threads 1 ) >/dev/null 2>&1 &&
+		wait_for "grep -q 'msg=serving' '$IT_TMP/$name.log'" 15
+}
+
+# The segment belongs to one deployment (workspace host, endpoint, database,
+# service principal): another one, here another database, is refused while
+# the first one's process holds the segment, and once it is gone finds the
+# segment recreated empty rather than the first one's SP credential and
+# role. The same deployment restarting keeps it.
+test_segment_of_another_deployment() {
+	local d=$IT_TMP/deployments seg
+	mkdir -p -m 0700 "$d"
+	seg=$d/credentials.shm
+	at_exit "stop_pid '$IT_TMP/deploy-a.pid'; stop_pid '$IT_TMP/deploy-b.pid'"
+	deployment_start deploy-a "$seg" || { _assert_result 1 "deployment A serves" "$(tail -n 5 "$IT_TMP/deploy-a.log")"; return 1; }
+	start_refused "$seg" PGDATABASE=another_database
+	expect_refused "another deployment while A runs" \
+		"credential_cache.path: $seg: holds the credentials of another deployment (another workspace host, Lakebase endpoint, database or service principal) whose processes are running; give each deployment its own credential_cache.path"
+	stop_pid "$IT_TMP/deploy-a.pid"
+	deployment_start deploy-a "$seg" || return
+	expect_eq "$(grep -c 'recreating a segment' "$IT_TMP/deploy-a.log")" 0 "A again: its own segment, kept"
+	stop_pid "$IT_TMP/deploy-a.pid"
+	deployment_start deploy-b "$seg" PGDATABASE=another_database || { _assert_result 1 "deployment B serves" "$(tail -n 5 "$IT_TMP/deploy-b.log")"; return 1; }
+	expect_eq "$(grep -c 'msg="credential cache: recreating a segment of another deployment (no process uses it)"' "$IT_TMP/deploy-b.log")" 1 \
+		"B, alone: the segment recreated"
+	stop_pid "$IT_TMP/deploy-b.pid"
+}
+run_test "a segment of another deployment: refused while in use, recreated when not; the same one keeps it" \
+	test_segment_of_another_deployment
 
 # --- back to normal ---------------------------------------------------------------------------
 
