@@ -39,6 +39,8 @@
 /* The whole file: a json default's own levels plus the schema's around it
  * (root, routes, a route, params, a parameter). */
 #define MAX_FILE_DEPTH		(MAX_JSON_DEPTH + 8)
+#define MAX_FILE_DEPTH_TEXT	"72"	/* for messages */
+_Static_assert(MAX_FILE_DEPTH == 72, "MAX_FILE_DEPTH_TEXT");
 
 /* Settings the environment can override; PGPORT (an integer) is separate. */
 enum setting {
@@ -886,7 +888,6 @@ utf8_length(const char *s)
 	}
 	return n;
 }
-
 
 /* Reads `n` digits at *p into *out, advancing *p. */
 static bool
@@ -2488,20 +2489,20 @@ problem_in_text(struct loader *ld, const char *text, const char *file, size_t of
 static bool
 json_text_acceptable(struct loader *ld, const char *text, const char *file)
 {
-	char what[64];
+	const char *what;
 	size_t where;
 
 	switch (jsonscan(text, strlen(text), MAX_FILE_DEPTH, JSONSCAN_COMMENTS, &where)) {
 	case JSONSCAN_OK:
 		return true;
 	case JSONSCAN_NUL_ESCAPE:
-		snprintf(what, sizeof(what), "\\u0000 in a string (a NUL would cut it short)");
+		what = "\\u0000 in a string (a NUL would cut it short)";
 		break;
 	case JSONSCAN_LONE_SURROGATE:
-		snprintf(what, sizeof(what), "a \\u escape of half a surrogate pair");
+		what = "a \\u escape of half a surrogate pair";
 		break;
 	default:	/* read_file refused NUL bytes: the depth */
-		snprintf(what, sizeof(what), "nested deeper than %d levels", MAX_FILE_DEPTH);
+		what = "nested deeper than " MAX_FILE_DEPTH_TEXT " levels";
 		break;
 	}
 	problem_in_text(ld, text, file, where, what);
