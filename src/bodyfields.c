@@ -139,14 +139,15 @@ scalar(struct reader *r, enum body_kind kind, const char *text, size_t len)
 		return gen_scalar(r, kind, text, len);
 	if (r->depth != 1 || field < 0 || !take_field(r, field, kind))
 		return KEEP_GOING;
+	if (wants_json(r, field, kind)) {
+		if (capture_begin(r, field) == STOP || gen_scalar(r, kind, text, len) == STOP)
+			return STOP;
+		return capture_end(r);
+	}
 	if ((kind == BODY_STRING || kind == BODY_NUMBER) &&
 	    (r->values[field].text = strndup(text, len)) == NULL)
 		return fail(r, BODY_NO_MEMORY);
-	if (!wants_json(r, field, kind))
-		return KEEP_GOING;
-	if (capture_begin(r, field) == STOP || gen_scalar(r, kind, text, len) == STOP)
-		return STOP;
-	return capture_end(r);
+	return KEEP_GOING;
 }
 
 static int

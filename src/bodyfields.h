@@ -25,7 +25,7 @@ enum body_kind { BODY_ABSENT = 0, BODY_NULL, BODY_STRING, BODY_NUMBER, BODY_TRUE
 struct body_value {
 	enum body_kind kind;
 	bool repeated;	/* the body has the field more than once */
-	char *text;	/* BODY_STRING: the string, decoded; BODY_NUMBER: as written */
+	char *text;	/* BODY_STRING: the string, decoded; BODY_NUMBER: as written (not for json) */
 	char *json;	/* a json parameter's value (not null) written back compactly */
 	size_t json_len;
 };
