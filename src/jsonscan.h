@@ -1,7 +1,9 @@
 /*
- * jsonscan.h - one pass over JSON text before yajl_tree parses it, for
- * what yajl_tree does not refuse by itself: nesting without bound (its
- * tree is freed recursively, so deep text overflows the stack) and, where
+ * jsonscan.h - one pass over JSON text before yajl parses it (a tree for
+ * the config file, events for request bodies), for what yajl does not
+ * refuse by itself: nesting without bound (a tree is freed recursively,
+ * so deep text overflows the stack; yajl_gen, which writes a json
+ * parameter back, stops at 128 levels) and, where
  * the caller wants, comments and \u0000 escapes (its strings are C
  * strings, which a NUL would cut). Raw NUL bytes are always refused, and
  * so is a \u escape of half a surrogate pair without its other half, which
@@ -10,7 +12,7 @@
  * Whether the text is JSON is the parser's to judge; the scan only needs
  * to be exact on JSON. Where the text stops being JSON the parser stops
  * too, and up to there the scan has counted the same nesting, so the
- * parser never builds a tree deeper than max_depth.
+ * parser never goes deeper than max_depth.
  */
 #ifndef LB_JSONSCAN_H
 #define LB_JSONSCAN_H
