@@ -216,6 +216,33 @@ test_sigint_stops_the_worker_with_status_0() {
 	stops_cleanly_on INT
 }
 
+# With nothing in flight a stop is clean whatever the grace period: with
+# shutdown_grace_ms 0 it exited 1, "abandoning" no request, and left its
+# socket behind.
+# Three stops, each of a worker with 16 idle threads. Before the fix a
+# stop exited 1 when idle threads had not yet left at the drain's first
+# look, which depends on timing: this checks the promise, and catches the
+# old code only sometimes.
+test_sigterm_with_no_grace_is_clean_when_idle() {
+	local cfg=$STACK_DIR/it-cli-grace0.json sock=$STACK_DIR/it-cli-grace0.sock log pid rc i
+	worker_config_derive "$cfg" '.shutdown_grace_ms = 0' || return
+	for i in 1 2 3; do
+		log=$STACK_DIR/it-cli-grace0-$i.log
+		rm -f "$sock" "$log"
+		( worker_env_defaults
+		  exec "$BIN" -c "$cfg" --listen "unix:$sock" --threads 16 ) >>"$log" 2>&1 </dev/null &
+		pid=$!
+		wait_for "grep -q msg=serving '$log' || ! pid_alive $pid" 10
+		kill -TERM "$pid"
+		wait_for "! pid_alive $pid" 5 || kill -KILL "$pid"
+		wait "$pid"
+		rc=$?
+		expect_eq "$rc" 0 "stop $i: exit status 0"
+		[[ ! -e $sock ]]
+		expect_eq "$?" 0 "stop $i: socket removed"
+	done
+}
+
 run_test "--check-config accepts tests/stack/worker.json (exit 0)" test_check_config_accepts_the_stack_config
 run_test "--check-config reports each problem with its JSON path (exit != 0)" test_check_config_reports_each_problem_with_its_path
 run_test "--check-config reports a JSON syntax error with its line" test_check_config_reports_a_syntax_error_with_its_line
@@ -225,6 +252,8 @@ run_test "--version prints the package version" test_version
 run_test "--help lists every option" test_help_lists_every_option
 run_test "unknown option, bad value, stray argument: non-zero exit" test_unknown_option_or_argument_is_an_error
 run_test "SIGTERM: exit status 0 within 5 s, socket removed" test_sigterm_stops_the_worker_with_status_0
+run_test "SIGTERM with shutdown_grace_ms 0 and nothing in flight: exit status 0, socket removed" \
+	test_sigterm_with_no_grace_is_clean_when_idle
 run_test "SIGINT: exit status 0 within 5 s, socket removed" test_sigint_stops_the_worker_with_status_0
 run_test "postgres.sslrootcert unset: one warning at startup (every login would read the system bundle)" \
 	test_unset_sslrootcert_warns_once_at_startup
